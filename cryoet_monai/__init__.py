@@ -1,0 +1,61 @@
+"""cryoet-monai: MONAI-based automatic annotation of cellular cryo-electron tomograms.
+
+Array axis order, everywhere in this library: a tomogram is ``(Z, Y, X)`` as stored in the
+MRC file (numpy/mrcfile order); MONAI tensors are channel-first ``(C, Z, Y, X)``; a 2-D
+slice is ``(C, Y, X)``. Voxel sizes and origins are in ångström, also ordered ``(z, y, x)``.
+
+Labels: 0 background, 1 microtubule, 2 ribosome, 3 double membrane, 4 single membrane,
+5 carbon edge (see :data:`CLASS_NAMES`); 255 marks unannotated voxels (ignored by losses
+and metrics).
+
+Public names are imported lazily so that ``import cryoet_monai`` stays cheap and a bundle
+config can name e.g. ``cryoet_monai.MRCReader`` directly.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+CLASS_NAMES: tuple[str, ...] = (
+    "background",
+    "microtubule",
+    "ribosome",
+    "double_membrane",
+    "single_membrane",
+    "carbon_edge",
+)
+NUM_CLASSES: int = len(CLASS_NAMES)
+IGNORE_LABEL: int = 255
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    # I/O
+    "MRCReader": "cryoet_monai.io.mrc",
+    "MRCWriter": "cryoet_monai.io.mrc",
+    "MRCFormatError": "cryoet_monai.io.mrc",
+    "save_mrc": "cryoet_monai.io.mrc",
+    # transforms
+    "RobustNormalizeIntensity": "cryoet_monai.transforms.intensity",
+    "RobustNormalizeIntensityd": "cryoet_monai.transforms.intensity",
+    # networks
+    "PaperUNet": "cryoet_monai.networks.unet",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cryoet_monai' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_EXPORTS))
+
+
+__all__ = ["CLASS_NAMES", "NUM_CLASSES", "IGNORE_LABEL", "__version__", *_EXPORTS]

@@ -1,0 +1,1 @@
+"""Reading and writing tomograms (MRC/CCP4) as MONAI ImageReader/ImageWriter."""
