@@ -1,1 +1,5 @@
+"""Segmentation networks."""
 
+from cryoet_monai.networks.unet import DoubleConv, InputSizeError, PaperUNet, UpConcat
+
+__all__ = ["PaperUNet", "DoubleConv", "UpConcat", "InputSizeError"]
