@@ -42,6 +42,11 @@ _EXPORTS: dict[str, str] = {
     "RobustNormalizeIntensityd": "cryoet_monai.transforms.intensity",
     # networks
     "PaperUNet": "cryoet_monai.networks.unet",
+    # losses
+    "PAPER_CLASS_WEIGHTS": "cryoet_monai.losses",
+    "WeightedCrossEntropyLoss": "cryoet_monai.losses",
+    "MaskedDiceCELoss": "cryoet_monai.losses",
+    "compute_class_weights": "cryoet_monai.losses",
 }
 
 
