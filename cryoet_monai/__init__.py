@@ -37,6 +37,9 @@ _EXPORTS: dict[str, str] = {
     "MRCWriter": "cryoet_monai.io.mrc",
     "MRCFormatError": "cryoet_monai.io.mrc",
     "save_mrc": "cryoet_monai.io.mrc",
+    "read_mrc": "cryoet_monai.io.mrc",
+    "create_mrc": "cryoet_monai.io.mrc",
+    "MRCTruncatedError": "cryoet_monai.io.mrc",
     # transforms
     "RobustNormalizeIntensity": "cryoet_monai.transforms.intensity",
     "RobustNormalizeIntensityd": "cryoet_monai.transforms.intensity",
