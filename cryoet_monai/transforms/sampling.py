@@ -1,0 +1,124 @@
+"""Slice selection for training on tomograms.
+
+The paper drops the top and bottom slices of each tomogram ("these images mostly have nothing but
+noise"); :class:`CropZFraction` does that on a channel-first ``(C, Z, Y, X)`` volume, as a MONAI
+crop (so the affine is updated and the operation is invertible). :class:`SliceStride` keeps every
+k-th slice, to make whole-tomogram validation cheaper on big volumes.
+
+Both are deterministic, so in a training pipeline they sit before the cache boundary of a
+``CacheDataset``; the random 2-D sampling that follows is stock MONAI:
+``ClassesToIndicesd`` (cached) -> ``RandCropByLabelClassesd(spatial_size=[1, H, W])``
+-> ``SqueezeDimd(dim=1)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform, SpatialCrop, Transform
+
+__all__ = ["CropZFraction", "CropZFractiond", "SliceStride", "SliceStrided", "z_fraction_slice"]
+
+
+def z_fraction_slice(depth: int, fraction: float) -> slice:
+    """The slice of ``range(depth)`` left after removing ``fraction`` of the slices at each end.
+
+    At least one slice is always kept (the middle one), so tiny volumes never become empty.
+    """
+    if not 0.0 <= fraction < 0.5:
+        raise ValueError(f"z fraction to skip at each end must be in [0, 0.5), got {fraction}")
+    if depth < 1:
+        raise ValueError(f"volume has no slices along Z (depth {depth})")
+    skip = int(depth * fraction)
+    if depth - 2 * skip < 1:
+        skip = (depth - 1) // 2
+    return slice(skip, depth - skip)
+
+
+class CropZFraction(Transform):
+    """Remove ``fraction`` of the Z slices at the top and at the bottom of a ``(C, Z, Y, X)`` volume.
+
+    Args:
+        fraction: fraction of the depth to drop at *each* end, in ``[0, 0.5)``; e.g. 0.1 keeps the
+            central 80 % of the slices.
+
+    Returns:
+        the cropped ``(C, Z', Y, X)`` tensor (a MetaTensor with its affine shifted, when given one).
+    """
+
+    def __init__(self, fraction: float = 0.1) -> None:
+        z_fraction_slice(1, fraction)  # validate early
+        self.fraction = float(fraction)
+
+    def roi_slices(self, img: torch.Tensor) -> list[slice]:
+        if img.ndim != 4:
+            raise ValueError(f"CropZFraction expects a (C, Z, Y, X) volume, got shape {tuple(img.shape)}")
+        return [z_fraction_slice(int(img.shape[1]), self.fraction), slice(None), slice(None)]
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        if self.fraction == 0.0:
+            return img
+        return SpatialCrop(roi_slices=self.roi_slices(img))(img)
+
+
+class CropZFractiond(MapTransform):
+    """Dictionary version of :class:`CropZFraction`: the crop is computed from ``keys[0]`` and applied
+    identically to every key (image and label stay aligned)."""
+
+    def __init__(self, keys: KeysCollection, fraction: float = 0.1, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.cropper = CropZFraction(fraction)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        present = list(self.key_iterator(d))
+        if not present or self.cropper.fraction == 0.0:
+            return d
+        reference = tuple(d[present[0]].shape[1:])
+        crop = SpatialCrop(roi_slices=self.cropper.roi_slices(d[present[0]]))
+        for key in present:
+            if tuple(d[key].shape[1:]) != reference:
+                raise ValueError(
+                    f"CropZFractiond: '{key}' has spatial shape {tuple(d[key].shape[1:])}, "
+                    f"'{present[0]}' has {reference}"
+                )
+        for key in present:
+            d[key] = crop(d[key])
+        return d
+
+
+class SliceStride(Transform):
+    """Keep every ``stride``-th Z slice of a ``(C, Z, Y, X)`` volume (starting at ``stride // 2``).
+
+    Whole-slice validation through ``SliceInferer`` costs one 2-D forward pass per slice; neighbouring
+    slices of a tomogram are nearly identical, so a stride of 2-4 changes the metric little.
+    """
+
+    def __init__(self, stride: int = 1) -> None:
+        if int(stride) < 1:
+            raise ValueError(f"slice stride must be >= 1, got {stride}")
+        self.stride = int(stride)
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            return img
+        if img.ndim != 4:
+            raise ValueError(f"SliceStride expects a (C, Z, Y, X) volume, got shape {tuple(img.shape)}")
+        start = min(self.stride // 2, int(img.shape[1]) - 1)
+        return img[:, start :: self.stride]
+
+
+class SliceStrided(MapTransform):
+    """Dictionary version of :class:`SliceStride` (same slices for every key)."""
+
+    def __init__(self, keys: KeysCollection, stride: int = 1, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.strider = SliceStride(stride)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.strider(d[key])
+        return d
