@@ -1,0 +1,170 @@
+"""``cryoet-monai segment``: segment tomograms from the command line.
+
+The command builds the same :class:`~cryoet_monai.inference.engine.TomogramSegmenter` as
+``python -m monai.bundle run --config_file configs/inference.json``: it loads the bundle's
+``configs/inference.json`` (+ ``configs/metadata.json`` as ``_meta_``), overrides the keys given on the
+command line and runs the config's ``segmenter``. Without ``--model`` the bundle's ``models/model.pt``
+is used; ``--config`` points to another bundle (its folder) or another inference config file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parser", "find_bundle_config", "build_segmenter", "main"]
+
+_PACKAGE_BUNDLE = Path(__file__).resolve().parents[2]  # repository / bundle root of this package
+
+
+def find_bundle_config(config: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """``(inference config file, bundle root)`` for ``--config`` (a bundle folder or a JSON/YAML file).
+
+    Without ``config``: ``./configs/inference.json`` if present, else the bundle this package lives in.
+    """
+    if config is None:
+        candidates = [Path.cwd(), _PACKAGE_BUNDLE]
+    else:
+        path = Path(config).expanduser()
+        if path.is_file():
+            root = path.parent.parent if path.parent.name == "configs" else path.parent
+            return path, root
+        candidates = [path]
+    for root in candidates:
+        file = root / "configs" / "inference.json"
+        if file.is_file():
+            return file, root
+    where = config if config is not None else f"{Path.cwd()} or {_PACKAGE_BUNDLE}"
+    raise FileNotFoundError(f"no bundle inference config (configs/inference.json) found in {where}.")
+
+
+def build_segmenter(config: str | os.PathLike | None = None, **overrides: Any) -> Any:
+    """Parse the bundle's inference config with ``overrides`` (config ids -> values); returns the parser.
+
+    ``parser.get_parsed_content("segmenter")`` is then the ready :class:`TomogramSegmenter`.
+    """
+    from monai.bundle import ConfigParser
+
+    file, root = find_bundle_config(config)
+    parser = ConfigParser()
+    parser.read_config(file)
+    meta = file.parent / "metadata.json"
+    if meta.is_file():
+        parser.read_meta(meta)
+    parser["bundle_root"] = str(root)
+    for key, value in overrides.items():
+        parser[key] = value
+    return parser
+
+
+def _voxel_size(values: list[float] | None) -> float | list[float] | None:
+    if values is None:
+        return None
+    if len(values) not in (1, 3):
+        raise argparse.ArgumentTypeError("--voxel-size takes one value or three (z y x)")
+    return values[0] if len(values) == 1 else values
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``cryoet-monai segment``; exit status 1 when any input failed."""
+    from cryoet_monai.inference.engine import InferenceError
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # SIGTERM (e.g. a batch scheduler) unwinds like Ctrl-C, so temporary outputs are removed
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    overrides: dict[str, Any] = {"input": [str(p) for p in args.inputs], "output_dir": str(args.output_dir)}
+    if args.model is not None:
+        overrides["model_path"] = str(args.model)
+    optional = {
+        "device": args.device,
+        "sw_batch_size": args.batch_size,
+        "precision": args.precision,
+        "roi_size": args.roi_size,
+        "overlap": args.overlap,
+        "slab_size": args.slab_size,
+        "min_component_size": args.min_size,
+    }
+    overrides.update({k: v for k, v in optional.items() if v is not None})
+    if args.voxel_size is not None:
+        overrides["voxel_size"] = _voxel_size(args.voxel_size)
+    if args.tta is not None:
+        overrides["tta"] = args.tta
+    for flag, key in (("probs", "save_probs"), ("uncertainty", "save_uncertainty"), ("compile", "compile")):
+        if getattr(args, flag):
+            overrides[key] = True
+    if args.no_resample:
+        overrides["resample"] = False
+    if args.no_progress:
+        overrides["progress"] = False
+    try:
+        parser = build_segmenter(args.config, **overrides)
+        segmenter = parser.get_parsed_content("segmenter")
+        results = segmenter(parser.get_parsed_content("input"), parser.get_parsed_content("output_dir"))
+    except (InferenceError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    failed = [r for r in results if "error" in r]
+    if failed:
+        print(f"{len(failed)} of {len(results)} tomograms failed (see the messages above).", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``segment`` on the ``cryoet-monai`` command line."""
+    p = subparsers.add_parser(
+        "segment",
+        help="segment tomograms (MRC) into labels 0-5",
+        description="Segment whole tomograms with the bundle's model; writes <name>_seg.mrc per input "
+        "(and <name>_probs.mrc / <name>_uncertainty.mrc on request) into the output folder. Inputs may be "
+        "MRC files, globs, folders or a datalist JSON. Under torchrun the inputs are shared across ranks.",
+    )
+    p.add_argument("inputs", nargs="+", help="tomogram files, glob patterns, folders or a datalist .json")
+    p.add_argument("-o", "--output-dir", required=True, type=Path, help="output folder")
+    p.add_argument("--model", type=Path, help="state_dict checkpoint (default: the bundle's models/model.pt)")
+    p.add_argument("--config", help="bundle folder or inference config file (default: this package's bundle)")
+    p.add_argument(
+        "--tta",
+        nargs="?",
+        const=8,
+        type=int,
+        metavar="N",
+        help="test-time augmentation with N in-plane flips/rotations (default N=8)",
+    )
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: the GPU of this rank if any, else cpu)")
+    p.add_argument("--batch-size", type=int, help="windows (slices) per forward pass")
+    p.add_argument(
+        "--voxel-size",
+        type=float,
+        nargs="+",
+        metavar="A",
+        help="voxel size in Å (one value or z y x), overriding the file headers",
+    )
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="compute precision")
+    p.add_argument("--roi-size", type=int, nargs="+", help="window size, e.g. 512 512 (-1 -1: whole slices)")
+    p.add_argument("--overlap", type=float, help="sliding-window overlap (0..1)")
+    p.add_argument("--slab-size", type=int, help="z-slices read and predicted at a time")
+    p.add_argument("--min-size", type=int, help="drop connected components smaller than this (voxels)")
+    p.add_argument("--probs", action="store_true", help="also write <name>_probs.mrc (float16, 6 channels)")
+    p.add_argument("--uncertainty", action="store_true", help="also write <name>_uncertainty.mrc (entropy)")
+    p.add_argument("--no-resample", action="store_true", help="never resample to the model's voxel size")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network (slow first slab)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cryoet-monai")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["segment", *(sys.argv[1:] if argv is None else argv)])
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

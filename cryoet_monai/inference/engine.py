@@ -1,0 +1,537 @@
+"""Whole-tomogram segmentation with bounded memory.
+
+:class:`TomogramSegmenter` is what both ``cryoet-monai segment`` and ``configs/inference.json`` run.
+For each tomogram it
+
+1. memory-maps the MRC file (:func:`cryoet_monai.io.mrc.read_mrc`) and computes the intensity
+   normalisation statistics once, on a subsample of the whole volume;
+2. walks over z-slabs: reads and normalises one slab, optionally resamples it to the model's voxel
+   size, runs a MONAI inferer over it (``SliceInferer`` for 2-D models: every slice, windows of
+   ``roi_size`` or the whole slice, several per batch, Gaussian blending; ``SlidingWindowInferer`` for
+   3-D models, with a z-halo of half the window blended between neighbouring slabs), resamples the
+   class probabilities back to the input grid;
+3. writes labels (and on request float16 probabilities and an entropy map) slab by slab into
+   memory-mapped temporary files (:func:`cryoet_monai.io.mrc.create_mrc`) that are renamed into place
+   only when the whole tomogram is done, so an interrupted run never leaves a partial output.
+
+Peak memory is therefore a few slabs plus the network, whatever the size of the tomogram.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.inferers import SliceInferer, SlidingWindowInferer
+
+from cryoet_monai import CLASS_NAMES
+from cryoet_monai.inference.postprocess import remove_small_components
+from cryoet_monai.inference.predictor import WindowPredictor, resolve_autocast_dtype
+from cryoet_monai.io.mrc import MRCFormatError, create_mrc, read_mrc
+from cryoet_monai.transforms.intensity import NonFiniteIntensityError, RobustNormalizeIntensity
+
+__all__ = ["InferenceError", "TomogramSegmenter", "find_inputs", "output_stem", "shard"]
+
+logger = logging.getLogger(__name__)
+
+MRC_SUFFIXES = (".mrc", ".rec", ".map", ".mrcs", ".st", ".ali", ".mrc.gz", ".mrc.bz2", ".rec.gz", ".map.gz")
+
+
+class InferenceError(ValueError):
+    """An input that cannot be segmented; the message names the file and the problem."""
+
+
+def output_stem(path: str | os.PathLike) -> str:
+    """``/data/tomo_01.mrc.gz`` -> ``tomo_01``: the file name without its MRC suffix(es)."""
+    name = Path(path).name
+    for suffix in sorted(MRC_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def _is_mrc(path: Path) -> bool:
+    return path.is_file() and any(path.name.lower().endswith(s) for s in MRC_SUFFIXES)
+
+
+def _from_datalist(path: Path) -> list[Path]:
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise InferenceError(f"{path}: cannot read the datalist ({err}).") from err
+    if isinstance(content, dict):
+        for key in ("test", "testing", "inference", "validation", "training"):
+            if content.get(key):
+                content = content[key]
+                break
+        else:
+            raise InferenceError(f"{path}: datalist has no 'test'/'testing'/'validation'/'training' list.")
+    if not isinstance(content, list):
+        raise InferenceError(
+            f"{path}: a datalist must be a list or a dict of lists, got {type(content).__name__}."
+        )
+    files = []
+    for item in content:
+        image = item.get("image") if isinstance(item, dict) else item
+        if not isinstance(image, str):
+            raise InferenceError(f"{path}: datalist entry {item!r} has no 'image' path.")
+        files.append(Path(image) if os.path.isabs(image) else path.parent / image)
+    return files
+
+
+def find_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """Expand ``inputs`` into a list of tomogram files, in order, without duplicates.
+
+    Each item may be an MRC file (``.mrc``, ``.rec``, ``.map``, ``.st``, ``.ali``, optionally
+    ``.gz``/``.bz2``), a glob pattern, a folder (its MRC files, sorted) or a decathlon-style datalist
+    ``.json`` (its ``"test"`` list, else ``"validation"``/``"training"``; paths relative to the
+    datalist's folder).
+    A path that matches nothing is still returned, so that it is reported as unreadable later.
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    found: list[Path] = []
+    for item in inputs:
+        text = os.fspath(item)
+        path = Path(text).expanduser()
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir() if _is_mrc(p))
+        elif path.suffix.lower() == ".json":
+            found += _from_datalist(path)
+        elif any(ch in text for ch in "*?[") and not path.exists():
+            found += sorted(Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True))
+        else:
+            found.append(path)
+    unique: dict[str, Path] = {}
+    for p in found:
+        unique.setdefault(str(p), p)
+    return list(unique.values())
+
+
+def shard(files: Sequence[Path], rank: int | None = None, world_size: int | None = None) -> list[Path]:
+    """The files of this rank when several processes share the list (torchrun's RANK/WORLD_SIZE)."""
+    rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+    world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
+    return list(files[rank::world_size])
+
+
+def _default_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def _slab_ranges(depth: int, slab: int, halo: int) -> Iterator[tuple[int, int, int, int]]:
+    """``(core_start, core_stop, lo, hi)`` per slab: it predicts ``[lo, hi)`` and owns the core."""
+    for start in range(0, depth, slab):
+        stop = min(start + slab, depth)
+        yield start, stop, max(0, start - halo), min(depth, stop + halo)
+
+
+def _halo_weights(start: int, stop: int, lo: int, hi: int) -> torch.Tensor:
+    """Blending weight of each plane of ``[lo, hi)``: 1 in the core, ramping down through the halos."""
+    z = torch.arange(lo, hi, dtype=torch.float32)
+    w = torch.ones(hi - lo)
+    if start > lo:
+        w = torch.where(z < start, (z - lo + 1) / (start - lo + 1), w)
+    if hi > stop:
+        w = torch.where(z >= stop, (hi - z) / (hi - stop + 1), w)
+    return w
+
+
+class TomogramSegmenter:
+    """Segment whole tomograms (MRC files) slab by slab with a 2-D or 3-D network.
+
+    Args:
+        network: logits network, ``(B, 1, *S) -> (B, C, *S)`` (e.g. :class:`cryoet_monai.PaperUNet`);
+            2-D or 3-D is read from its ``spatial_dims`` attribute (else from its first convolution).
+        model_path: checkpoint with the network's plain ``state_dict`` (``models/model.pt``); ``None``
+            uses the network's weights as they are.
+        roi_size: window size, ``(Y, X)`` for 2-D or ``(Z, Y, X)`` for 3-D models; non-positive entries
+            mean the whole extent (``[-1, -1]`` = whole slices). Windows are padded to multiples of the
+            network's ``size_divisible``, so any tomogram size works.
+        overlap: sliding-window overlap (only matters when the windows are smaller than the slice).
+        sw_batch_size: windows (slices, for whole-slice 2-D inference) per forward pass.
+        blend_mode: ``"gaussian"`` or ``"constant"`` weighting of overlapping windows.
+        slab_size: z-slices per slab (the core; 3-D models add a halo of half the roi depth each side).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``None``/``"auto"`` (the GPU of this rank if any).
+        precision: ``"auto"`` (bf16 on CPUs/GPUs with native support, else fp16 on GPU, fp32 on CPU),
+            ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+        channels_last: channels-last activations (faster convolutions).
+        compile: wrap the network with ``torch.compile`` (opt-in; first call is slow).
+        tta: test-time augmentation: ``False``/1 none, ``True`` all 8 in-plane flips/rotations, or a count.
+        save_probs: also write ``<name>_probs.mrc`` (float16, one channel per class).
+        save_uncertainty: also write ``<name>_uncertainty.mrc`` (normalised entropy, 0..1, float16).
+        model_voxel_size: voxel size (Å) the model was trained at (bundle metadata).
+        voxel_size: override the header voxel size of every input (Å, float or ``(z, y, x)``).
+        resample: resample inputs whose voxel size differs from ``model_voxel_size`` by more than
+            ``resample_tolerance`` (relative) to the model's voxel size, and the predictions back.
+        resample_tolerance: relative tolerance of the voxel-size check.
+        min_component_size: drop connected components smaller than this many voxels (an int for every
+            foreground class or one value per class); 0 disables the clean-up.
+        normalizer: intensity normalisation (must match training); default ``RobustNormalizeIntensity()``.
+        output_suffixes: names of the outputs: ``<name><suffix>.mrc``.
+        progress: show a progress bar with ETA.
+        overwrite: replace existing outputs (else skip tomograms whose labels already exist).
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        model_path: str | os.PathLike | None = None,
+        roi_size: Sequence[int] | int = (-1, -1),
+        overlap: float = 0.25,
+        sw_batch_size: int = 4,
+        blend_mode: str = "gaussian",
+        slab_size: int = 8,
+        device: str | torch.device | None = None,
+        precision: str = "auto",
+        channels_last: bool = True,
+        compile: bool = False,
+        tta: bool | int = False,
+        save_probs: bool = False,
+        save_uncertainty: bool = False,
+        model_voxel_size: float | None = None,
+        voxel_size: float | Sequence[float] | None = None,
+        resample: bool = True,
+        resample_tolerance: float = 0.1,
+        min_component_size: int | Sequence[int] = 0,
+        normalizer: RobustNormalizeIntensity | None = None,
+        num_classes: int = len(CLASS_NAMES),
+        progress: bool = True,
+        overwrite: bool = True,
+    ) -> None:
+        self.device = _default_device() if device in (None, "auto") else torch.device(device)
+        self.spatial_dims = self._spatial_dims(network)
+        if model_path is not None:
+            network.load_state_dict(self._load_state_dict(Path(model_path)))
+        network = network.to(self.device).eval()
+        if channels_last:
+            fmt = torch.channels_last if self.spatial_dims == 2 else torch.channels_last_3d
+            network = network.to(memory_format=fmt)
+        self.network = network
+        model: Any = torch.compile(network) if compile else network
+        # keep size_divisible visible through the compile wrapper
+        model.size_divisible = int(getattr(network, "size_divisible", 16))
+        self.autocast_dtype = resolve_autocast_dtype(precision, self.device)
+        n_tta = 8 if tta is True else max(1, int(tta))
+        self.predictor = WindowPredictor(model, self.device, self.autocast_dtype, channels_last, n_tta)
+
+        roi = (
+            (roi_size,) * self.spatial_dims if isinstance(roi_size, int) else tuple(int(r) for r in roi_size)
+        )
+        if len(roi) != self.spatial_dims:
+            raise ValueError(
+                f"roi_size {roi} must have {self.spatial_dims} entries for a {self.spatial_dims}-D model."
+            )
+        self.roi_size = roi
+        self.overlap = float(overlap)
+        self.sw_batch_size = int(sw_batch_size)
+        self.blend_mode = blend_mode
+        self.slab_size = max(1, int(slab_size))
+        self.save_probs = bool(save_probs)
+        self.save_uncertainty = bool(save_uncertainty)
+        self.model_voxel_size = None if model_voxel_size is None else float(model_voxel_size)
+        self.voxel_size = None if voxel_size is None else self._as_zyx(voxel_size)
+        self.resample = bool(resample)
+        self.resample_tolerance = float(resample_tolerance)
+        self.min_component_size = min_component_size
+        self.normalizer = normalizer if normalizer is not None else RobustNormalizeIntensity()
+        self.num_classes = int(num_classes)
+        self.progress = bool(progress)
+        self.overwrite = bool(overwrite)
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _spatial_dims(network: nn.Module) -> int:
+        dims = getattr(network, "spatial_dims", None)
+        if dims in (2, 3):
+            return int(dims)
+        for module in network.modules():
+            if isinstance(module, (nn.Conv2d, nn.Conv3d)):
+                return 2 if isinstance(module, nn.Conv2d) else 3
+        raise ValueError(f"cannot tell whether {type(network).__name__} is a 2-D or a 3-D network.")
+
+    @staticmethod
+    def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+        if not path.is_file():
+            raise InferenceError(f"{path}: model checkpoint not found.")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises many types for a corrupt file
+            raise InferenceError(f"{path}: cannot load the model checkpoint ({err}).") from err
+        for key in ("state_dict", "network", "model"):  # also accept CheckpointSaver-style dicts
+            if isinstance(state, dict) and isinstance(state.get(key), dict):
+                state = state[key]
+        if not isinstance(state, dict):
+            raise InferenceError(f"{path}: expected a state_dict, got {type(state).__name__}.")
+        return state
+
+    @staticmethod
+    def _as_zyx(value: float | Sequence[float]) -> tuple[float, float, float]:
+        if isinstance(value, (int, float)):
+            return (float(value),) * 3
+        v = tuple(float(x) for x in value)
+        if len(v) == 1:
+            return v * 3
+        if len(v) != 3:
+            raise ValueError(f"voxel size must be one value or (z, y, x), got {value!r}.")
+        return v  # type: ignore[return-value]
+
+    def _scale(self, voxel_size: tuple[float, float, float]) -> tuple[float, float, float]:
+        """Zoom factors input grid -> model grid per (z, y, x); 1 where no resampling is done."""
+        if not self.resample or self.model_voxel_size is None:
+            return (1.0, 1.0, 1.0)
+        axes = range(3) if self.spatial_dims == 3 else (1, 2)  # a 2-D model never mixes slices
+        ratio = [1.0, 1.0, 1.0]
+        for a in axes:
+            ratio[a] = voxel_size[a] / self.model_voxel_size
+        if all(abs(r - 1.0) <= self.resample_tolerance for r in ratio):
+            return (1.0, 1.0, 1.0)
+        return tuple(ratio)  # type: ignore[return-value]
+
+    def _inferer(self, spatial: Sequence[int]) -> SlidingWindowInferer:
+        """Inferer for a (resampled) slab of ``spatial`` = (Z, Y, X)."""
+        common = dict(
+            sw_batch_size=self.sw_batch_size,
+            overlap=self.overlap,
+            mode=self.blend_mode,
+            sw_device=self.device,
+            device=torch.device("cpu"),
+        )
+        if self.spatial_dims == 2:
+            roi = [r if r > 0 else s for r, s in zip(self.roi_size, spatial[1:])]
+            roi = [min(r, s) for r, s in zip(roi, spatial[1:])]  # never pad a small slice up to the roi
+            return SliceInferer(spatial_dim=0, roi_size=roi, **common)
+        roi = [min(r if r > 0 else s, s) for r, s in zip(self.roi_size, spatial)]
+        return SlidingWindowInferer(roi_size=roi, **common)
+
+    @property
+    def halo(self) -> int:
+        """z-halo (model-grid slices) each side of a slab: half the roi depth for 3-D models, 0 for 2-D."""
+        if self.spatial_dims == 2 or self.roi_size[0] <= 0:
+            return 0
+        return (self.roi_size[0] + 1) // 2
+
+    # ------------------------------------------------------------------ prediction
+    @torch.inference_mode()
+    def predict(
+        self, block: np.ndarray | torch.Tensor, scale: Sequence[float] = (1.0, 1.0, 1.0)
+    ) -> torch.Tensor:
+        """Class probabilities of a normalised ``(Z, Y, X)`` block, in one inferer call.
+
+        Args:
+            block: normalised intensities ``(Z, Y, X)``.
+            scale: zoom factors to the model's grid (z, y, x); the probabilities come back on the input grid.
+
+        Returns:
+            float32 probabilities ``(C, Z, Y, X)`` on the CPU.
+        """
+        x = torch.as_tensor(np.ascontiguousarray(block), dtype=torch.float32)[None, None]
+        shape = tuple(x.shape[2:])
+        if any(s != 1.0 for s in scale):
+            size = [max(1, round(n * s)) for n, s in zip(shape, scale)]
+            mode = "area" if all(s <= 1.0 for s in scale) else "trilinear"
+            x = F.interpolate(x, size=size, mode=mode, **({} if mode == "area" else {"align_corners": False}))
+        probs = self._inferer(x.shape[2:])(x, self.predictor)
+        if tuple(probs.shape[2:]) != shape:
+            # linear interpolation keeps the probabilities summing to one
+            probs = F.interpolate(probs, size=shape, mode="trilinear", align_corners=False)
+        return torch.as_tensor(probs)[0].float()
+
+    def _normalizer_for(self, volume: np.ndarray, path: Path) -> RobustNormalizeIntensity:
+        """The normaliser with statistics of the whole tomogram (a strided subsample) frozen in."""
+        try:
+            return self.normalizer.fit(volume, name=str(path))
+        except ValueError as err:  # NaN/inf, constant or empty volume: the message names the file
+            raise InferenceError(str(err)) from err
+
+    def _check(self, volume: np.ndarray, meta: dict, path: Path) -> tuple[float, float, float]:
+        if volume.ndim != 3:
+            raise InferenceError(
+                f"{path}: is {volume.ndim}-D with shape {tuple(volume.shape)}; "
+                "a tomogram must be 3-D (Z, Y, X)."
+            )
+        if min(volume.shape) < 1:
+            raise InferenceError(f"{path}: empty volume of shape {tuple(volume.shape)}.")
+        if volume.dtype.kind not in "uif":
+            raise InferenceError(
+                f"{path}: unsupported data type {volume.dtype}; expected real-valued voxels."
+            )
+        if self.voxel_size is not None:
+            return self.voxel_size
+        vs = tuple(float(v) for v in meta.get("voxel_size", (0.0, 0.0, 0.0)))
+        if len(vs) != 3 or not all(math.isfinite(v) and v > 0 for v in vs):
+            raise InferenceError(
+                f"{path}: header voxel size {vs} Å is not positive; "
+                "pass the voxel size explicitly (--voxel-size)."
+            )
+        return vs  # type: ignore[return-value]
+
+    def output_paths(self, path: str | os.PathLike, output_dir: str | os.PathLike) -> dict[str, Path]:
+        """``{"seg": ..., ["probs": ..., "uncertainty": ...]}`` for one input."""
+        stem = Path(output_dir) / output_stem(path)
+        out = {"seg": Path(f"{stem}_seg.mrc")}
+        if self.save_probs:
+            out["probs"] = Path(f"{stem}_probs.mrc")
+        if self.save_uncertainty:
+            out["uncertainty"] = Path(f"{stem}_uncertainty.mrc")
+        return out
+
+    def segment(self, path: str | os.PathLike, output_dir: str | os.PathLike) -> dict[str, Any]:
+        """Segment one tomogram; returns a summary dict (paths, seconds, per-class voxel fractions).
+
+        Raises :class:`InferenceError` (or the reader's ``MRCFormatError``) naming the file for bad input;
+        no output file exists under its final name unless the whole tomogram was written.
+        """
+        path = Path(path)
+        t0 = time.perf_counter()
+        volume, meta = read_mrc(path, mmap=True)
+        voxel_size = self._check(volume, meta, path)
+        origin = tuple(float(v) for v in meta.get("origin", (0.0, 0.0, 0.0)))
+        outputs = self.output_paths(path, output_dir)
+        if not self.overwrite and outputs["seg"].exists():
+            logger.info("%s: %s exists, skipped", path, outputs["seg"])
+            return {"input": str(path), "skipped": True, **{k: str(v) for k, v in outputs.items()}}
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        norm = self._normalizer_for(volume, path)
+        scale = self._scale(voxel_size)
+        depth, ny, nx = volume.shape
+        c = self.num_classes
+        halo = min(depth, math.ceil(self.halo / scale[0]))  # in input slices
+        # a 3-D roi spanning the whole depth: one slab
+        slab = depth if self.spatial_dims == 3 and self.roi_size[0] <= 0 else self.slab_size
+        counts = np.zeros(c, dtype=np.int64)
+
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=depth, unit="slice", desc=output_stem(path), leave=False, dynamic_ncols=True)
+        with ExitStack() as stack:
+            seg_mm = stack.enter_context(
+                create_mrc(outputs["seg"], (depth, ny, nx), np.uint8, voxel_size, origin, fill=None)
+            )
+            probs_mm = unc_mm = None
+            if self.save_probs:
+                probs_mm = stack.enter_context(
+                    create_mrc(
+                        outputs["probs"], (c, depth, ny, nx), np.float16, voxel_size, origin, fill=None
+                    )
+                )
+            if self.save_uncertainty:
+                unc_mm = stack.enter_context(
+                    create_mrc(
+                        outputs["uncertainty"], (depth, ny, nx), np.float16, voxel_size, origin, fill=None
+                    )
+                )
+            # running blend of overlapping slab predictions: planes [acc_start, acc_start + len)
+            acc_num = torch.zeros((c, 0, ny, nx))
+            acc_den = torch.zeros(0)
+            acc_start = 0
+            ranges = list(_slab_ranges(depth, slab, halo))
+            for i, (start, stop, lo, hi) in enumerate(ranges):
+                block = norm(np.asarray(volume[lo:hi], dtype=np.float32), name=str(path))
+                probs = self.predict(block, scale)
+                w = _halo_weights(start, stop, lo, hi)
+                grow = hi - (acc_start + acc_num.shape[1])
+                if grow > 0:
+                    acc_num = torch.cat([acc_num, torch.zeros((c, grow, ny, nx))], dim=1)
+                    acc_den = torch.cat([acc_den, torch.zeros(grow)])
+                acc_num[:, lo - acc_start : hi - acc_start] += probs * w[None, :, None, None]
+                acc_den[lo - acc_start : hi - acc_start] += w
+                done = ranges[i + 1][2] if i + 1 < len(ranges) else depth  # next slab starts predicting here
+                n = done - acc_start
+                if n > 0:
+                    final = acc_num[:, :n] / acc_den[:n, None, None]
+                    self._write(final, acc_start, seg_mm, probs_mm, unc_mm, counts)
+                    acc_num, acc_den, acc_start = acc_num[:, n:].clone(), acc_den[n:].clone(), done
+                if bar is not None:
+                    bar.update(stop - start)
+            if self.min_component_size:
+                counts = remove_small_components(seg_mm, self.min_component_size, num_classes=c)
+        if bar is not None:
+            bar.close()
+        seconds = time.perf_counter() - t0
+        total = max(1, int(counts.sum()))
+        fractions = {name: float(counts[k]) / total for k, name in enumerate(CLASS_NAMES[:c])}
+        return {
+            "input": str(path),
+            **{k: str(v) for k, v in outputs.items()},
+            "shape": (depth, ny, nx),
+            "voxel_size": voxel_size,
+            "resampled": scale != (1.0, 1.0, 1.0),
+            "seconds": seconds,
+            "class_fractions": fractions,
+        }
+
+    def _write(
+        self,
+        probs: torch.Tensor,
+        z0: int,
+        seg_mm: np.ndarray,
+        probs_mm: np.ndarray | None,
+        unc_mm: np.ndarray | None,
+        counts: np.ndarray,
+    ) -> None:
+        """Write final probabilities ``(C, n, Y, X)`` of planes ``z0..z0+n`` to the open outputs."""
+        n = probs.shape[1]
+        seg = probs.argmax(0).to(torch.uint8).numpy()
+        seg_mm[z0 : z0 + n] = seg
+        counts += np.bincount(seg.ravel(), minlength=self.num_classes)[: self.num_classes]
+        if probs_mm is not None:
+            probs_mm[:, z0 : z0 + n] = probs.to(torch.float16).numpy()
+        if unc_mm is not None:
+            p = probs.clamp_min(1e-12)
+            entropy = -(p * p.log()).sum(0) / math.log(self.num_classes)
+            unc_mm[z0 : z0 + n] = entropy.clamp_(0.0, 1.0).to(torch.float16).numpy()
+
+    # ------------------------------------------------------------------ many files
+    def __call__(
+        self, inputs: str | os.PathLike | Sequence[str | os.PathLike], output_dir: str | os.PathLike
+    ) -> list[dict[str, Any]]:
+        """Segment every tomogram of ``inputs`` (see :func:`find_inputs`; sharded over ``torchrun`` ranks).
+
+        A file that fails is reported (logged, and ``"error"`` in its result) and skipped; the others are
+        still segmented. Raises :class:`InferenceError` only when no input could be segmented.
+        """
+        files = shard(find_inputs(inputs))
+        results: list[dict[str, Any]] = []
+        for path in files:
+            try:
+                result = self.segment(path, output_dir)
+            except (InferenceError, MRCFormatError, NonFiniteIntensityError, OSError) as err:
+                message = str(err) if str(path) in str(err) else f"{path}: {err}"
+                logger.error("skipped %s", message)
+                print(f"ERROR  skipped {message}", flush=True)
+                results.append({"input": str(path), "error": message})
+                continue
+            results.append(result)
+            print(self.summary(result), flush=True)
+        if files and all("error" in r for r in results):
+            raise InferenceError(f"no tomogram could be segmented ({len(files)} failed).")
+        return results
+
+    @staticmethod
+    def summary(result: dict[str, Any]) -> str:
+        """One line per tomogram: time, size, where the labels went and the fraction of each class."""
+        if result.get("skipped"):
+            return f"{result['input']}: output exists, skipped"
+        z, y, x = result["shape"]
+        fractions = ", ".join(f"{k} {v:.2%}" for k, v in result["class_fractions"].items())
+        return (
+            f"{Path(result['input']).name}: {z}x{y}x{x} in {result['seconds']:.1f} s "
+            f"({z / max(result['seconds'], 1e-9):.2f} slices/s) -> {result['seg']} | {fractions}"
+        )
