@@ -50,6 +50,10 @@ _EXPORTS: dict[str, str] = {
     "WeightedCrossEntropyLoss": "cryoet_monai.losses",
     "MaskedDiceCELoss": "cryoet_monai.losses",
     "compute_class_weights": "cryoet_monai.losses",
+    # metrics
+    "SegmentationConfusionMetric": "cryoet_monai.metrics",
+    "TolerantF1Metric": "cryoet_monai.metrics",
+    "scores_from_confusion": "cryoet_monai.metrics",
 }
 
 
