@@ -170,3 +170,48 @@ def test_tolerant_f1_3d():
     tol(_logits(pred), gt)
     assert tol.scores()["per_class"]["double_membrane"]["f1"] == 1.0
     assert TolerantF1Metric(tolerance=0)(pred, gt)[:, 3, 0].tolist() == [0, 0]
+
+
+_DDP_SCRIPT = """
+import json, os, sys, torch, torch.distributed as dist, torch.multiprocessing as mp
+
+def run(rank, port, q):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    from cryoet_monai.metrics import SegmentationConfusionMetric
+    m = SegmentationConfusionMetric(num_classes=2)
+    gt = torch.tensor([0, 0, 0, 1, 1, 1, 1, 255]).view(1, 1, 8)
+    pred = torch.tensor([0, 0, 1, 1, 1, 0, 1, 1]).view(1, 1, 8)
+    for _ in range(rank + 1):  # uneven: rank 0 one sample, rank 1 two
+        m(pred, gt)
+    q.put((rank, m.confusion().tolist(), m.aggregate().item()))
+    dist.destroy_process_group()
+
+if __name__ == "__main__":
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    ps = [ctx.Process(target=run, args=(r, int(sys.argv[1]), q)) for r in range(2)]
+    [p.start() for p in ps]
+    [p.join(60) for p in ps]
+    print(json.dumps(sorted(q.get(timeout=5) for _ in ps)))
+"""
+
+
+def test_ddp_gathers_confusion_across_ranks(tmp_path):
+    """Two gloo ranks with uneven sample counts both aggregate the matrix of all three samples."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "ddp_metric.py"
+    script.write_text(_DDP_SCRIPT)
+    out = subprocess.run(
+        [sys.executable, str(script), str(port)], capture_output=True, text=True, timeout=120, check=True
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])  # [[rank, cm, score], ...]
+    assert [r[0] for r in result] == [0, 1]
+    for _, cm, score in result:
+        assert cm == [[6, 3], [3, 9]] and score == pytest.approx(0.75)
