@@ -89,6 +89,18 @@ def _read_raw_header(path: Path, compression: str | None) -> bytes:
         raise MRCTruncatedError(f"{path}: cannot read the MRC header ({e})") from e
 
 
+def _sniff_header(raw: bytes, path: Path) -> None:
+    """Refuse files that cannot be MRC in either byte order, before mrcfile guesses at them."""
+    has_map_id = raw[208:212] == b"MAP "
+    for order in "<>":
+        nx, ny, nz, mode = (int(v) for v in np.frombuffer(raw[:16], dtype=f"{order}i4"))
+        if 0 < nx < 2**24 and 0 < ny < 2**24 and 0 < nz < 2**31 and 0 <= mode < 200:
+            return
+    if has_map_id:
+        return  # let the detailed checks name the bad field
+    raise MRCFormatError(f"{path}: not an MRC file (no 'MAP ' identifier and no plausible nx/ny/nz/mode)")
+
+
 def _header_int(header: np.recarray, byte_offset: int) -> int:
     """An int32 stored in ``extra2`` at an absolute header byte offset, in the file's byte order."""
     raw = header.extra2.tobytes()[byte_offset - _EXTRA2_OFFSET : byte_offset - _EXTRA2_OFFSET + 4]
@@ -219,6 +231,8 @@ def read_mrc(path: PathLike, mmap: bool = True, allow_2d: bool = False) -> tuple
             f"where an MRC file has at least {_HEADER_BYTES}"
         )
 
+    _sniff_header(raw_header, path)
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -226,7 +240,9 @@ def read_mrc(path: PathLike, mmap: bool = True, allow_2d: bool = False) -> tuple
                 mrc = mrcfile.mmap(path, mode="r", permissive=True)
             else:
                 mrc = mrcfile.open(path, mode="r", permissive=True)
-        except (ValueError, OSError, EOFError, TypeError, OverflowError, MemoryError) as e:
+        except (EOFError, OSError) as e:  # cut-off gzip/bz2 stream, I/O error
+            raise MRCTruncatedError(f"{path}: truncated or unreadable data ({e})") from e
+        except (ValueError, TypeError, OverflowError, MemoryError) as e:
             raise MRCFormatError(f"{path}: not a readable MRC file ({e})") from e
     messages = [str(w.message) for w in caught]
     try:
@@ -378,7 +394,7 @@ class MRCReader(ImageReader):
                 raise item.error
             array, item_meta = item
             dtype = np.dtype(self.dtype) if self.dtype is not None else array.dtype.newbyteorder("=")
-            arrays.append(np.asarray(array, dtype=dtype))  # copies a memmap into RAM (MONAI needs tensors)
+            arrays.append(np.array(array, dtype=dtype, copy=True))  # a writable copy in RAM for torch
             if not meta:
                 meta = dict(item_meta)
         if len(arrays) == 1:
