@@ -75,10 +75,14 @@ def test_modes_and_endianness(tmp_path, dtype, mode, byteorder):
     np.testing.assert_array_equal(data, ref)
     assert meta["voxel_size"] == pytest.approx(VOXEL)
     assert meta["origin"] == pytest.approx((3.5, 2.5, 1.5))
-    np.testing.assert_allclose(meta["affine"], [[12, 0, 0, 3.5], [0, 11, 0, 2.5], [0, 0, 10, 1.5], [0, 0, 0, 1]])
+    affine = [[12, 0, 0, 3.5], [0, 11, 0, 2.5], [0, 0, 10, 1.5], [0, 0, 0, 1]]
+    np.testing.assert_allclose(meta["affine"], affine)
 
 
-@pytest.mark.parametrize("compression, suffix", [("gzip", ".mrc.gz"), ("bzip2", ".map.bz2"), ("gzip", ".rec")])
+@pytest.mark.parametrize(
+    "compression, suffix",
+    [("gzip", ".mrc.gz"), ("bzip2", ".map.bz2"), ("gzip", ".rec")],  # magic bytes decide
+)
 def test_compressed(tmp_path, compression, suffix):
     ref = _volume(np.float32)
     path = _write(tmp_path / f"vol{suffix}", ref, compression=compression)
@@ -90,7 +94,9 @@ def test_compressed(tmp_path, compression, suffix):
     np.testing.assert_allclose(img.pixdim, VOXEL)
 
 
-@pytest.mark.parametrize("exttyp, nbytes", [(b"FEI1", 768), (b"SERI", 1024 * 3), (b"CCP4", 80), (b"    ", 37)])
+@pytest.mark.parametrize(
+    "exttyp, nbytes", [(b"FEI1", 768), (b"SERI", 1024 * 3), (b"CCP4", 80), (b"    ", 37)]
+)
 def test_extended_header_skipped(tmp_path, exttyp, nbytes):
     ref = _volume(np.int16)
     path = tmp_path / "ext.st"
@@ -196,7 +202,8 @@ def test_load_dict_pipeline_and_config_name(tmp_path):
     ref = _volume(np.int16)
     a = _write(tmp_path / "a.mrc", ref)
     b = _write(tmp_path / "b.mrc", ref * 2)
-    pipeline = Compose([LoadImaged(["image", "label"], reader=MRCReader), EnsureChannelFirstd(["image", "label"])])
+    keys = ["image", "label"]
+    pipeline = Compose([LoadImaged(keys, reader=MRCReader), EnsureChannelFirstd(keys)])
     out = pipeline({"image": str(a), "label": str(b)})
     assert tuple(out["image"].shape) == (1, *SHAPE)
     np.testing.assert_array_equal(out["label"][0].numpy(), ref * 2)
@@ -204,7 +211,8 @@ def test_load_dict_pipeline_and_config_name(tmp_path):
     assert out["image"].meta["voxel_size"] == pytest.approx(VOXEL)
 
     # as a bundle config names it
-    parser = ConfigParser({"load": {"_target_": "LoadImaged", "keys": "image", "reader": "cryoet_monai.MRCReader"}})
+    config = {"_target_": "LoadImaged", "keys": "image", "reader": "cryoet_monai.MRCReader"}
+    parser = ConfigParser({"load": config})
     img = parser.get_parsed_content("load")({"image": str(a)})["image"]
     np.testing.assert_array_equal(img.numpy(), ref)
 
@@ -224,8 +232,14 @@ def test_reader_dtype_and_suffixes(tmp_path):
     assert data.dtype == np.float32
 
 
-@pytest.mark.parametrize("voxel, expect", [((0.0, 0.0, 0.0), "zero or negative"), ((-10.0,) * 3, "zero or negative"),
-                                           ((1.0, 1.0, 1.0), "exactly 1.0")])  # fmt: skip
+@pytest.mark.parametrize(
+    "voxel, expect",
+    [
+        ((0.0, 0.0, 0.0), "zero or negative"),
+        ((-10.0,) * 3, "zero or negative"),
+        ((1.0, 1.0, 1.0), "exactly 1.0"),
+    ],
+)
 def test_suspicious_voxel_size_warns(tmp_path, caplog, voxel, expect):
     path = _write(tmp_path / "vs.mrc", _volume(np.float32), voxel=voxel)
     with caplog.at_level(logging.WARNING, logger="cryoet_monai.io.mrc"):
@@ -270,7 +284,7 @@ def _bad_files(tmp: Path) -> dict[str, tuple[Path, type, str]]:
     axes = _write(tmp / "axes.mrc", _volume(np.float32), mapc=1, mapr=1, maps=3)
     cases["axes"] = (axes, MRCFormatError, r"mapc/mapr/maps = \(1, 1, 3\)")
     (tmp / "trunc.mrc.gz").write_bytes(_gzip_of(_write(tmp / "g.mrc", _volume(np.float32)))[:300])
-    cases["truncated gzip"] = (tmp / "trunc.mrc.gz", MRCTruncatedError, "cannot read the MRC header|truncated")
+    cases["truncated gzip"] = (tmp / "trunc.mrc.gz", MRCTruncatedError, "truncated")
     cases["missing"] = (tmp / "missing.mrc", MRCTruncatedError, "no such file")
     return cases
 
@@ -281,9 +295,19 @@ def _gzip_of(path: Path) -> bytes:
     return gzip.compress(path.read_bytes())
 
 
-@pytest.mark.parametrize(
-    "case", ["empty", "short header", "truncated data", "not mrc", "mode 4", "axes", "truncated gzip", "missing"]
-)
+BAD_CASES = [
+    "empty",
+    "short header",
+    "truncated data",
+    "not mrc",
+    "mode 4",
+    "axes",
+    "truncated gzip",
+    "missing",
+]
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
 @pytest.mark.parametrize("mmap", [True, False])
 def test_bad_input_clear_errors(tmp_path, case, mmap):
     path, error, message = _bad_files(tmp_path)[case]

@@ -569,7 +569,7 @@ def save_mrc(
     array = convert_data_type(data, np.ndarray)[0]
     if dtype is not None:
         array = array.astype(dtype, copy=False)
-    shape = _check_shape(array.shape, path)
+    _check_shape(array.shape, path)
     _check_target(path, overwrite)
     mode, disk_dtype, unsigned = mrc_mode_for(array, path, imod_unsigned=imod_unsigned)
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
