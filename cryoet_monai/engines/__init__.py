@@ -4,12 +4,13 @@ resumable checkpoints and per-class metric logging."""
 from __future__ import annotations
 
 from .data import DatalistError, prepare_datalist, synthetic_cache_dir, write_datalist
-from .handlers import CheckpointResumeError, ResumeCheckpoint
+from .handlers import CheckpointResumeError, ClassMetricsHandler, ResumeCheckpoint
 from .inferers import AutocastInferer, default_autocast_dtype
 
 __all__ = [
     "AutocastInferer",
     "CheckpointResumeError",
+    "ClassMetricsHandler",
     "DatalistError",
     "ResumeCheckpoint",
     "default_autocast_dtype",

@@ -12,7 +12,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
-__all__ = ["CheckpointResumeError", "ResumeCheckpoint"]
+__all__ = ["CheckpointResumeError", "ClassMetricsHandler", "ResumeCheckpoint"]
 
 
 class CheckpointResumeError(ValueError):
@@ -25,17 +25,28 @@ def _is_main_process() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
+def _state_of(name: str, obj: Any) -> Any:
+    if hasattr(obj, "state_dict"):
+        return obj.state_dict()
+    # monai.handlers.CheckpointSaver has load_state_dict() but no state_dict(): its best-model
+    # bookkeeping (which score is the best so far) lives in the wrapped ignite Checkpoint
+    inner = getattr(obj, "_key_metric_checkpoint", None)
+    if inner is not None:
+        return inner.state_dict()
+    raise TypeError(f"ResumeCheckpoint cannot save '{name}': {type(obj).__name__} has no state_dict()")
+
+
 class ResumeCheckpoint:
     """Save a full training state every ``save_interval`` epochs and resume from it on the next run.
 
-    At the end of every ``save_interval``-th epoch (after the validation and LR-schedule handlers, so
-    attach this one last) ``save_dict`` -- typically network, optimizer, trainer, lr scheduler and the
-    best-model ``CheckpointSaver`` -- is written to ``<save_dir>/<filename>`` atomically (temporary
-    file + ``os.replace``; only rank 0 writes under ``torch.distributed``). When the trainer starts
-    and that file exists, everything is restored, so the epoch/iteration counters, optimizer moments
-    and learning-rate schedule continue where the interrupted run stopped; a finished run started
-    again does nothing. The trainer's ``max_epochs`` is taken from the current configuration, so a
-    run can also be extended.
+    At the end of every ``save_interval``-th epoch (after the validation and LR-schedule handlers,
+    so attach this one last) ``save_dict`` -- typically network, optimizer, lr scheduler and the
+    best-model ``CheckpointSaver`` -- plus the engine it is attached to (as ``"trainer"``) is
+    written to ``<save_dir>/<filename>`` atomically (temporary file + ``os.replace``; only rank 0
+    writes under ``torch.distributed``). When the trainer starts and that file exists, everything
+    is restored, so the epoch/iteration counters, optimizer moments and learning-rate schedule
+    continue where the interrupted run stopped; a finished run started again does nothing. The
+    trainer's ``max_epochs`` is taken from the current configuration, so a run can be extended.
 
     Args:
         save_dir: checkpoint folder (the bundle's ``ckpt_dir``).
@@ -65,6 +76,9 @@ class ResumeCheckpoint:
         self.logger = logging.getLogger(__name__)
 
     def attach(self, engine: Engine) -> None:
+        # the engine's own counters are part of the state (and cannot be referenced from its own
+        # handler list in a bundle config without a circular reference)
+        self.save_dict.setdefault("trainer", engine)
         engine.add_event_handler(Events.STARTED, self.load)
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.save)
         engine.add_event_handler(Events.COMPLETED, self.save)
@@ -97,7 +111,61 @@ class ResumeCheckpoint:
         if not _is_main_process():
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        state = {k: v.state_dict() for k, v in self.save_dict.items()}
+        state = {k: _state_of(k, v) for k, v in self.save_dict.items()}
         tmp = self.path.with_name(self.path.name + ".tmp")
         torch.save(state, tmp)
         os.replace(tmp, self.path)
+
+
+class ClassMetricsHandler:
+    """Publish per-class scores of a confusion-matrix metric as engine metrics.
+
+    After the metric has been computed at the end of an epoch, ``engine.state.metrics`` gains
+    ``<prefix>_f1_<class>``, ``<prefix>_precision_<class>`` and ``<prefix>_recall_<class>`` for every
+    class, and ``<prefix>_mean_fg_f1``, so ``StatsHandler``/``TensorBoardStatsHandler`` (attach them
+    *after* this handler) log them, and the latest values are kept in :attr:`history` (one dict per
+    epoch: ``{"epoch", "mean_fg_f1", "per_class": {...}}``) for reports.
+
+    Args:
+        metric: a :class:`cryoet_monai.metrics.SegmentationConfusionMetric`, or the
+            ``monai.handlers.IgniteMetricHandler`` wrapping one (its ``metric_fn`` is used).
+        prefix: name prefix, e.g. ``"val"`` or ``"train"``.
+        scores: which per-class scores to publish.
+    """
+
+    def __init__(
+        self,
+        metric: Any,
+        prefix: str = "val",
+        scores: tuple[str, ...] = ("f1", "precision", "recall"),
+    ) -> None:
+        self.metric = getattr(metric, "metric_fn", metric)
+        if not hasattr(self.metric, "scores"):
+            raise TypeError(
+                f"ClassMetricsHandler needs a confusion-matrix metric with scores(), got {metric!r}"
+            )
+        self.prefix = prefix
+        self.scores = tuple(scores)
+        self.history: list[dict[str, Any]] = []
+        self.logger = logging.getLogger(__name__)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        result = self.metric.scores(nan_as_none=False)
+        metrics = engine.state.metrics
+        metrics[f"{self.prefix}_mean_fg_f1"] = result["mean_fg_f1"]
+        for name, values in result["per_class"].items():
+            for score in self.scores:
+                metrics[f"{self.prefix}_{score}_{name}"] = values[score]
+        self.history.append(
+            {
+                "epoch": int(engine.state.epoch),
+                "mean_fg_f1": result["mean_fg_f1"],
+                "per_class": {k: {s: v[s] for s in self.scores} for k, v in result["per_class"].items()},
+            }
+        )
+        if _is_main_process():
+            table = "  ".join(f"{k}={v['f1']:.3f}" for k, v in result["per_class"].items())
+            self.logger.info("%s F1 per class: %s", self.prefix, table)
