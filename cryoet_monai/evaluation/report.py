@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,7 +107,10 @@ def surface_dice(
     both volumes, so boundaries there are neither rewarded nor penalised by the ground truth.
     Returns ``{tolerance: {class name: NSD}}`` with ``None`` where the class is in neither volume.
     """
-    pred_t, label_t = torch.as_tensor(np.asarray(pred)), torch.as_tensor(np.asarray(label))
+    pred_t, label_t = (
+        torch.as_tensor(np.array(pred)),
+        torch.as_tensor(np.array(label)),
+    )  # copies: memmaps are read-only
     if pred_t.shape != label_t.shape or pred_t.ndim not in (2, 3):
         raise ValueError(
             f"prediction and label must be one (Z, Y, X) or (Y, X) shape, got "
@@ -117,7 +121,11 @@ def surface_dice(
     onehot_l = torch.stack([(label_t == c) & keep for c in classes])[None].float()
     out: dict[float, dict[str, float | None]] = {}
     for tol in tolerances:
-        nsd = compute_surface_dice(onehot_p, onehot_l, [float(tol)] * len(classes), include_background=True)
+        with warnings.catch_warnings():  # an absent class is reported as None below, not as a warning
+            warnings.filterwarnings("ignore", message=".* is all 0", category=UserWarning)
+            nsd = compute_surface_dice(
+                onehot_p, onehot_l, [float(tol)] * len(classes), include_background=True
+            )
         out[float(tol)] = {class_names[c]: _clean(v) for c, v in zip(classes, nsd[0].tolist())}
     return out
 
