@@ -1,0 +1,555 @@
+"""Synthetic cryo-ET tomograms with exact labels, for training, tests and demos.
+
+:func:`generate_tomogram` draws a cellular scene to physical scale from the voxel size (Å) —
+lipid bilayers (single and double membranes), hollow microtubules, two-lobed ribosomes, a
+carbon film ending at a hole edge, and unlabelled background (ice slab, crowding particles,
+actin-like filaments, gold beads) — and images it with a missing wedge, a CTF and noise
+(:mod:`cryoet_monai.data.imaging`). Each tomogram gets its own random acquisition (domain
+randomisation), all derived from one seed.
+
+:func:`write_synthetic_dataset` writes such pairs as MRC files plus a MONAI (decathlon-style)
+datalist, so training reads them exactly like a user's data.
+
+Labels follow what is visible: a membrane is labelled as thick as its bilayer and only where
+the missing wedge does not hide it (face-on to the beam), the microtubule label is the tube
+wall, everything outside the ice slab is background.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cryoet_monai.data.imaging import ImagingParams, image_volume, visible_normals
+from cryoet_monai.data.phantom import Canvas, Ellipsoid, IceSlab, Sheet, random_rotation, smooth_path
+
+__all__ = [
+    "GENERATOR_VERSION",
+    "STORAGE_DTYPES",
+    "SceneParams",
+    "SyntheticDataError",
+    "build_phantom",
+    "sample_params",
+    "generate_tomogram",
+    "write_synthetic_dataset",
+]
+
+#: bumped whenever the generated data change, so cached datasets are regenerated
+GENERATOR_VERSION = "1"
+#: storage dtypes written by :func:`write_synthetic_dataset` (``"random"`` picks one per tomogram)
+STORAGE_DTYPES = ("float32", "float16", "int16", "uint8", "int8")
+
+# class label values (see cryoet_monai.CLASS_NAMES)
+MICROTUBULE, RIBOSOME, DOUBLE_MEMBRANE, SINGLE_MEMBRANE, CARBON = 1, 2, 3, 4, 5
+_FOREGROUND = ("microtubule", "ribosome", "double_membrane", "single_membrane", "carbon_edge")
+#: default probability that a class occurs in a tomogram
+DEFAULT_CLASS_MIX: dict[str, float] = {
+    "microtubule": 0.9,
+    "ribosome": 1.0,
+    "double_membrane": 0.85,
+    "single_membrane": 0.95,
+    "carbon_edge": 0.7,
+}
+# relative densities (vitreous ice = 0, protein = 1)
+_PROTEIN, _RNA, _CARBON, _GOLD, _VACUUM = 1.0, 1.3, 2.0, 6.0, -1.5
+
+
+class SyntheticDataError(ValueError):
+    """Invalid generator options or an unusable output folder (the message names it)."""
+
+
+@dataclass
+class SceneParams:
+    """What is drawn in one tomogram (numbers of objects scale with the imaged volume)."""
+
+    crowding: float = 1.0  # multiplies ribosome, crowder and filament numbers
+    present: dict[str, bool] = field(default_factory=lambda: dict.fromkeys(_FOREGROUND, True))
+    ice_fraction: float = 0.8  # ice slab thickness / z extent of the volume
+    gold: bool = True
+    membrane_visibility_deg: float = 10.0
+
+
+def _uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    return float(rng.uniform(lo, hi))
+
+
+def sample_params(
+    rng: np.random.Generator,
+    voxel_size: float,
+    *,
+    snr: float | None = None,
+    snr_range: tuple[float, float] = (0.5, 2.0),
+    defocus_um: float | None = None,
+    defocus_range_um: tuple[float, float] = (-6.0, -2.0),
+    tilt_range: tuple[float, float] | None = None,
+    tilt_step: float | None = None,
+    phase_flip: bool | None = None,
+    bfactor: float | None = None,
+    lowpass: float | None = None,
+    invert: bool = False,
+    crowding: float | None = None,
+    class_mix: Mapping[str, float] | None = None,
+    ice_fraction: float | None = None,
+) -> tuple[SceneParams, ImagingParams]:
+    """Draw the per-tomogram scene and acquisition; given values are kept as they are.
+
+    All random draws happen in a fixed order whatever is given, so fixing one option does not
+    change the others for the same seed.
+    """
+    mix = dict(DEFAULT_CLASS_MIX)
+    for k, v in (class_mix or {}).items():
+        if k not in mix:
+            raise SyntheticDataError(f"class_mix: unknown class {k!r} (known: {', '.join(mix)})")
+        if not 0.0 <= float(v) <= 1.0:
+            raise SyntheticDataError(f"class_mix[{k!r}] = {v}: a probability must be in [0, 1]")
+        mix[k] = float(v)
+    draws = {
+        "snr": math.exp(_uniform(rng, math.log(snr_range[0]), math.log(snr_range[1]))),
+        "defocus_um": _uniform(rng, *defocus_range_um),
+        "tilt_half": _uniform(rng, 50.0, 70.0),
+        "tilt_asym": _uniform(rng, -5.0, 5.0),
+        "tilt_step": float(rng.choice([1.0, 2.0, 3.0])),
+        "phase_flip": bool(rng.random() < 0.5),
+        "bfactor": _uniform(rng, 200.0, 800.0),
+        "lowpass_factor": _uniform(rng, 2.5, 3.5),
+        "crowding": _uniform(rng, 0.6, 1.4),
+        "ice_fraction": _uniform(rng, 0.6, 0.95),
+        "gold": bool(rng.random() < 0.5),
+        "present": {k: bool(rng.random() < mix[k]) for k in _FOREGROUND},
+    }
+    if tilt_range is None:
+        tilt_range = (-draws["tilt_half"] + draws["tilt_asym"], draws["tilt_half"] + draws["tilt_asym"])
+    tmin, tmax = (float(t) for t in tilt_range)
+    if not -90 < tmin < tmax < 90:
+        raise SyntheticDataError(f"tilt_range {tilt_range}: need -90 < min < max < 90 degrees")
+    step = draws["tilt_step"] if tilt_step is None else float(tilt_step)
+    if step < 0 or step > (tmax - tmin):
+        raise SyntheticDataError(f"tilt_step {step}: must be in [0, tilt range] (0 = continuous)")
+    scene = SceneParams(
+        crowding=draws["crowding"] if crowding is None else float(crowding),
+        present=draws["present"],
+        ice_fraction=draws["ice_fraction"] if ice_fraction is None else float(ice_fraction),
+        gold=draws["gold"],
+    )
+    imaging = ImagingParams(
+        tilt_min=tmin,
+        tilt_max=tmax,
+        tilt_step=step or None,
+        defocus_um=draws["defocus_um"] if defocus_um is None else float(defocus_um),
+        phase_flip=draws["phase_flip"] if phase_flip is None else bool(phase_flip),
+        bfactor=draws["bfactor"] if bfactor is None else float(bfactor),
+        snr=draws["snr"] if snr is None else float(snr),
+        lowpass=max(draws["lowpass_factor"] * voxel_size, 25.0) if lowpass is None else float(lowpass),
+        invert=bool(invert),
+    )
+    if imaging.defocus_um >= 0:
+        raise SyntheticDataError(f"defocus_um {imaging.defocus_um}: underfocus is a negative number (µm)")
+    if not imaging.snr > 0:
+        raise SyntheticDataError(f"snr {imaging.snr}: must be > 0 (inf = no noise)")
+    return scene, imaging
+
+
+def _ribosome(rng: np.random.Generator, center: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Spheres of a two-lobed ~25-30 nm particle: large subunit, small subunit, surface bumps."""
+    rot = random_rotation(rng)
+    r_large = _uniform(rng, 100.0, 115.0)
+    r_small = _uniform(rng, 65.0, 75.0)
+    local = [np.zeros(3), np.array([r_large + 0.2 * r_small, 0.0, 0.0]),
+             np.array([r_large * 0.7, r_small * 0.8, 0.0])]
+    radii = [r_large, r_small, r_small * 0.8]
+    for _ in range(3):  # irregular outline
+        m = rng.standard_normal(3)
+        local.append(m / np.linalg.norm(m) * r_large * 0.85)
+        radii.append(_uniform(rng, 35.0, 50.0))
+    centers = np.asarray(local) @ rot.T
+    centers -= centers.mean(0)
+    return center + centers, np.asarray(radii)
+
+
+def build_phantom(
+    shape: Sequence[int],
+    voxel_size: float,
+    scene: SceneParams,
+    imaging: ImagingParams,
+    rng: np.random.Generator,
+) -> tuple[Canvas, IceSlab, dict[str, Any]]:
+    """Draw the density and labels of one scene; returns the canvas, the ice slab and object info."""
+    cv = Canvas(tuple(shape), voxel_size)
+    ext = cv.extent
+    vs = voxel_size
+    volume_um3 = float(np.prod(ext)) * scene.ice_fraction * 1e-12
+    slab = IceSlab(
+        center_z=ext[0] / 2 + _uniform(rng, -0.1, 0.1) * ext[0] * (1 - scene.ice_fraction),
+        thickness=scene.ice_fraction * ext[0],
+        slope_y=_uniform(rng, -0.03, 0.03),
+        slope_x=_uniform(rng, -0.03, 0.03),
+    )
+    imaging.sample_thickness = slab.thickness
+    visible = visible_normals(imaging, scene.membrane_visibility_deg)
+    info: dict[str, Any] = {"single_membranes": [], "double_membranes": [], "microtubules": [],
+                            "ribosomes": 0, "ribosomes_on_membranes": 0}
+    pad = np.full(3, 300.0)
+
+    def count(rate: float, minimum: int) -> int:
+        return max(minimum, int(rng.poisson(rate * volume_um3)))
+
+    # --- background crowding: small proteins, 2-6 nm radius (label 0)
+    frac = 0.06 * scene.crowding
+    for radius in (25.0, 40.0, 60.0):
+        n = int(frac / 3 * np.prod(ext) * scene.ice_fraction / (4 / 3 * math.pi * radius**3))
+        cv.stamp_particles(rng, n, radius, _uniform(rng, 0.5, 0.8), slab)
+    # --- actin-like filaments, 7 nm thick, flexible (label 0)
+    for _ in range(count(150 * scene.crowding, 0)):
+        d = rng.standard_normal(3)
+        path = smooth_path(rng, cv.random_point(rng, slab), d, 100.0, _uniform(rng, 2000.0, 8000.0),
+                           -pad, ext + pad, _uniform(rng, 1000.0, 6000.0))
+        cv.paint_tube(path, 35.0, 0.0, 0.8, None)
+
+    # --- double membranes: mitochondrion-like ellipsoids or nuclear-envelope-like sheets
+    surfaces = []
+    if scene.present["double_membrane"]:
+        for _ in range(count(10, 1)):
+            spacing = _uniform(rng, 70.0, 100.0)  # bilayer centre to centre, Å
+            half = _uniform(rng, 20.0, 25.0)
+            half = min(half, (spacing - vs) / 2)  # keep the gap between the bilayers visible
+            p = cv.random_point(rng, slab)
+            if rng.random() < 0.7:
+                axes = np.array([_uniform(rng, 2500, 6000), _uniform(rng, 1500, 3000),
+                                 _uniform(rng, 1500, 3000)])
+                shape_ = Ellipsoid.through_point(p, axes, random_rotation(rng), rng)
+                offsets, fill, kind = (spacing / 2, -spacing / 2), 0.25, "mitochondrion"
+            else:
+                shape_ = _sheet(rng, p)
+                offsets, fill, kind = (spacing / 2, -spacing / 2), 0.0, "envelope"
+            n = cv.paint_membrane(shape_, offsets, DOUBLE_MEMBRANE, half, _uniform(rng, 36.0, 42.0),
+                                  fill=fill, visible=visible)
+            info["double_membranes"].append({"kind": kind, "shape": shape_, "spacing": spacing,
+                                             "half_thickness": half, "voxels": n})
+    # --- single membranes: vesicles, ER-like flattened ellipsoids, ER sheets
+    if scene.present["single_membrane"]:
+        for _ in range(count(60, 1)):
+            p = cv.random_point(rng, slab)
+            u = rng.random()
+            if u < 0.5:
+                r = math.exp(_uniform(rng, math.log(200.0), math.log(2000.0)))
+                axes = r * rng.uniform(0.8, 1.0, 3)
+                shape_, kind = Ellipsoid.through_point(p, axes, random_rotation(rng), rng), "vesicle"
+            elif u < 0.8:
+                a = _uniform(rng, 1000.0, 4000.0)
+                axes = np.array([a, a * _uniform(rng, 0.3, 0.6), _uniform(rng, 200.0, 500.0)])
+                shape_, kind = Ellipsoid.through_point(p, axes, random_rotation(rng), rng), "er"
+            else:
+                shape_, kind = _sheet(rng, p), "sheet"
+            half = _uniform(rng, 20.0, 25.0)
+            n = cv.paint_membrane(shape_, (0.0,), SINGLE_MEMBRANE, half, _uniform(rng, 36.0, 42.0),
+                                  visible=visible)
+            info["single_membranes"].append({"kind": kind, "shape": shape_, "half_thickness": half,
+                                             "voxels": n})
+            surfaces.append(shape_)
+    # --- microtubules: 25 nm outer / 15 nm inner diameter, long, gently curved, any orientation
+    if scene.present["microtubule"]:
+        for _ in range(count(40, 1)):
+            p = cv.random_point(rng, slab, margin=60.0)
+            path = smooth_path(rng, p, rng.standard_normal(3), 200.0, _uniform(rng, 5000.0, 30000.0),
+                               -pad, ext + pad, _uniform(rng, 3000.0, 20000.0))
+            r_out = _uniform(rng, 120.0, 130.0)
+            r_in = _uniform(rng, 70.0, 80.0)
+            n = cv.paint_tube(path, r_out, r_in, _PROTEIN, MICROTUBULE)
+            info["microtubules"].append({"path": path, "r_out": r_out, "r_in": r_in, "voxels": n})
+    # --- ribosomes: crowded, some bound to membranes (rough ER)
+    if scene.present["ribosome"]:
+        target = count(12000 * scene.crowding, 3)
+        n_bound = int(round(0.15 * target)) if surfaces else 0
+        placed = 0
+        if n_bound:
+            for _ in range(3 * n_bound):
+                s = surfaces[int(rng.integers(len(surfaces)))]
+                if isinstance(s, Sheet):
+                    pts, nrm = s.sample_surface(rng, 1, float(ext.max()))
+                else:
+                    pts, nrm = s.sample_surface(rng, 1)
+                c = pts[0] + nrm[0] * 170.0
+                if np.any(c < 0) or np.any(c > ext) or slab.depth(*c) < 100:
+                    continue
+                centers, radii = _ribosome(rng, c)
+                placed += cv.paint_blob(centers, radii, _RNA, RIBOSOME, free_only=True) > 0
+                if placed >= n_bound:
+                    break
+        info["ribosomes_on_membranes"] = placed
+        for _ in range(3 * target):
+            if placed >= target:
+                break
+            centers, radii = _ribosome(rng, cv.random_point(rng, slab, margin=100.0))
+            placed += cv.paint_blob(centers, radii, _RNA, RIBOSOME, free_only=True) > 0
+        info["ribosomes"] = placed
+    # --- gold fiducials: 10 nm, very dense, near the ice surfaces (label 0)
+    if scene.gold:
+        area_um2 = ext[1] * ext[2] * 1e-8
+        for _ in range(int(rng.poisson(30 * area_um2))):
+            p = cv.random_point(rng, None)
+            lo, hi = slab.surfaces(p[1], p[2])
+            p[0] = lo + 60.0 if rng.random() < 0.5 else hi - 60.0
+            cv.paint_blob(p[None], np.array([50.0]), _GOLD, 0, overwrite=True)
+
+    cv.apply_slab(slab, _VACUUM)
+    # --- carbon film (15-50 nm) ending at a curved hole edge, painted over everything
+    if scene.present["carbon_edge"]:
+        info["carbon"] = _paint_carbon(cv, rng)
+    return cv, slab, info
+
+
+def _sheet(rng: np.random.Generator, p: np.ndarray) -> Sheet:
+    # sheets seen edge-on are the visible ones: keep the mean normal within 60 deg of the xy plane
+    n = rng.standard_normal(3)
+    n[0] *= 0.5
+    return Sheet(p, n, _uniform(rng, 50.0, 300.0), (_uniform(rng, 3000, 10000), _uniform(rng, 3000, 10000)),
+                 rng.uniform(0, 2 * math.pi, 2))
+
+
+def _paint_carbon(cv: Canvas, rng: np.random.Generator) -> dict[str, Any]:
+    ext, vs = cv.extent, cv.voxel_size
+    thickness = min(_uniform(rng, 150.0, 500.0), max(0.3 * ext[0], 2 * vs))
+    tilt = rng.normal(0, 0.05, 2)
+    normal = np.array([1.0, tilt[0], tilt[1]])
+    normal /= np.linalg.norm(normal)
+    cz = _uniform(rng, thickness / 2, ext[0] - thickness / 2)
+    radius = _uniform(rng, 4000.0, 15000.0)
+    # the film lies behind the edge (away from the hole centre): put the edge so that it covers
+    # roughly 10-45 % of the field of view
+    ang = _uniform(rng, 0, 2 * math.pi)
+    u = np.array([math.cos(ang), math.sin(ang)])
+    half = 0.5 * np.array([ext[1], ext[2]])
+    reach = float(np.abs(u) @ half)  # centre-to-border distance of the field of view along u
+    edge = half - u * reach * _uniform(rng, 0.1, 0.8)
+    hole = edge + radius * u
+    center = np.array([cz, ext[1] / 2, ext[2] / 2])
+
+    def sdf(z, y, x, normals=False):
+        film = np.abs((z - center[0]) * normal[0] + (y - center[1]) * normal[1]
+                      + (x - center[2]) * normal[2]) - thickness / 2
+        rim = radius - np.sqrt((y - hole[0]) ** 2 + (x - hole[1]) ** 2)
+        return np.maximum(film, rim), None
+
+    for sl, inside in cv.blocks(np.full(3, -np.inf), np.full(3, np.inf), sdf, vs):
+        if inside:
+            cv.rho[sl] = _CARBON
+            cv.label[sl] = CARBON
+            continue
+        d, _ = sdf(*cv.coords(sl))
+        w = np.clip(0.5 - d / vs, 0, 1).astype(np.float32)
+        cv.rho[sl] = w * np.float32(_CARBON) + (1 - w) * cv.rho[sl]
+        cv.label[sl][d <= 0] = CARBON
+    return {"thickness": thickness, "normal": normal, "center": center, "hole_center": hole,
+            "hole_radius": radius}
+
+
+def generate_tomogram(
+    shape: Sequence[int] = (64, 256, 256),
+    voxel_size: float | None = 10.0,
+    seed: int = 0,
+    *,
+    return_info: bool = False,
+    workers: int = 2,
+    **options: Any,
+) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Generate one synthetic tomogram and its label volume, deterministically from ``seed``.
+
+    Args:
+        shape: ``(Z, Y, X)`` voxels.
+        voxel_size: Å per voxel; objects are drawn to physical scale. ``None`` draws it
+            uniformly from 5-20 Å.
+        seed: random seed; the same seed and options give identical arrays.
+        return_info: also return a dict with the sampled parameters and the drawn objects.
+        workers: threads for the FFTs.
+        options: fixed values instead of random draws, see :func:`sample_params`
+            (``snr``, ``defocus_um``, ``tilt_range``, ``tilt_step``, ``phase_flip``, ``bfactor``,
+            ``lowpass``, ``invert``, ``crowding``, ``class_mix``, ``ice_fraction``, ...).
+
+    Returns:
+        ``(image, label)``: float32 ``(Z, Y, X)`` normalised to zero mean and unit variance with
+        raw polarity (dense dark, unless ``invert=True``), and uint8 ``(Z, Y, X)`` labels
+        0-5 (:data:`cryoet_monai.CLASS_NAMES`); plus the info dict when ``return_info``.
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3 or min(shape) < 4:
+        raise SyntheticDataError(f"shape {shape}: need three sizes (Z, Y, X) of at least 4 voxels")
+    rng = np.random.default_rng(np.random.SeedSequence(int(seed)))
+    vs_draw = _uniform(rng, 5.0, 20.0)
+    vs = vs_draw if voxel_size is None else float(voxel_size)
+    if not 1.0 <= vs <= 100.0:
+        raise SyntheticDataError(f"voxel_size {vs} Å: expected 1-100 Å")
+    scene, imaging = sample_params(rng, vs, **options)
+    cv, slab, info = build_phantom(shape, vs, scene, imaging, rng)
+    mask = (cv.rho > _VACUUM / 2) & (cv.rho < 1.8) & (cv.label != CARBON)
+    image = image_volume(cv.rho, vs, imaging, rng, signal_mask=mask, workers=workers)
+    cv.rho = None  # consumed by image_volume
+    label = cv.label
+    if not return_info:
+        return image, label
+    info.update(voxel_size=vs, scene=asdict(scene), imaging=asdict(imaging), slab=asdict(slab))
+    return image, label, info
+
+
+# ------------------------------------------------------------------------------------------- datasets
+def _to_storage(image: np.ndarray, dtype: str, rng: np.random.Generator) -> np.ndarray:
+    """Convert a normalised float32 tomogram to a storage dtype with a random affine scaling
+    (as different software writes them)."""
+    if dtype == "float32":
+        return image
+    if dtype == "float16":
+        return image.astype(np.float16)
+    if dtype == "int16":
+        scale, offset, lo, hi = _uniform(rng, 300, 3000), _uniform(rng, -2000, 2000), -32768, 32767
+    elif dtype == "uint8":
+        scale, offset, lo, hi = _uniform(rng, 20, 30), _uniform(rng, 110, 145), 0, 255
+    elif dtype == "int8":
+        scale, offset, lo, hi = _uniform(rng, 15, 22), _uniform(rng, -10, 10), -128, 127
+    else:
+        raise SyntheticDataError(f"storage dtype {dtype!r}: not one of {STORAGE_DTYPES} or 'random'")
+    return np.clip(np.rint(image * scale + offset), lo, hi).astype(dtype)
+
+
+def _split_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:
+    n_test = int(round(n * test_fraction))
+    n_val = int(round(n * val_fraction))
+    if n >= 2:
+        n_val = max(n_val, 1)
+    if n - n_val - n_test < 1:
+        n_test = max(0, n - n_val - 1)
+        n_val = min(n_val, n - n_test - 1)
+    return n - n_val - n_test, n_val, n_test
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def write_synthetic_dataset(
+    out_dir: str | os.PathLike,
+    n: int,
+    shape: Sequence[int] = (64, 256, 256),
+    voxel_size: float = 10.0,
+    seed: int = 0,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.1,
+    randomize_voxel_size: bool = False,
+    voxel_size_range: tuple[float, float] = (5.0, 20.0),
+    storage_dtype: str = "float32",
+    overwrite: bool = False,
+    verbose: bool = False,
+    **options: Any,
+) -> Path:
+    """Write ``n`` synthetic tomograms + labels as MRC files and a decathlon-style datalist.
+
+    Layout: ``out_dir/images/synth_XXXX.mrc``, ``out_dir/labels/synth_XXXX.mrc`` (voxel size in the
+    header), ``out_dir/datalist.json`` with ``training`` / ``validation`` / ``test`` lists of
+    ``{"image", "label"}`` paths relative to ``out_dir`` (split by tomogram; at least one
+    validation tomogram when ``n >= 2``), and ``out_dir/synthetic.json`` recording the parameters
+    and per-tomogram acquisition. When ``synthetic.json`` already records the same parameters
+    and all files exist, nothing is regenerated (a cache for repeated training runs).
+
+    Args:
+        out_dir: output folder (created).
+        n: number of tomograms (>= 1).
+        shape: ``(Z, Y, X)`` voxels of each tomogram.
+        voxel_size: Å, used for every tomogram unless ``randomize_voxel_size``.
+        seed: base seed; tomogram ``i`` uses a seed derived from ``(seed, i)``.
+        val_fraction, test_fraction: fractions of tomograms for validation and test.
+        randomize_voxel_size: draw each tomogram's voxel size uniformly from ``voxel_size_range``.
+        storage_dtype: one of :data:`STORAGE_DTYPES` or ``"random"`` (one per tomogram).
+        overwrite: regenerate even if a matching dataset exists.
+        verbose: print one line per tomogram.
+        options: generator options passed to :func:`generate_tomogram`.
+
+    Returns:
+        path of ``datalist.json``.
+    """
+    from cryoet_monai.io.mrc import save_mrc  # the one place that writes MRC files
+
+    out = Path(out_dir)
+    n = int(n)
+    if n < 1:
+        raise SyntheticDataError(f"{out}: n = {n}, need at least one tomogram")
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise SyntheticDataError(
+            f"{out}: val_fraction {val_fraction}, test_fraction {test_fraction}: need sum < 1"
+        )
+    if storage_dtype != "random" and storage_dtype not in STORAGE_DTYPES:
+        raise SyntheticDataError(f"{out}: storage_dtype {storage_dtype!r} not in {STORAGE_DTYPES}/'random'")
+    shape = [int(s) for s in shape]
+    params = {
+        "generator_version": GENERATOR_VERSION,
+        "n": n,
+        "shape": shape,
+        "voxel_size": float(voxel_size),
+        "seed": int(seed),
+        "val_fraction": float(val_fraction),
+        "test_fraction": float(test_fraction),
+        "randomize_voxel_size": bool(randomize_voxel_size),
+        "voxel_size_range": [float(v) for v in voxel_size_range],
+        "storage_dtype": storage_dtype,
+        "options": json.loads(json.dumps(options, default=str)),
+    }
+    datalist_path, record_path = out / "datalist.json", out / "synthetic.json"
+    if not overwrite and datalist_path.is_file() and record_path.is_file():
+        try:
+            record = json.loads(record_path.read_text())
+        except (OSError, ValueError):
+            record = {}
+        if record.get("params") == params and all(
+            (out / t[k]).is_file() for t in record.get("tomograms", []) for k in ("image", "label")
+        ):
+            return datalist_path
+    if out.exists() and not out.is_dir():
+        raise SyntheticDataError(f"{out}: exists and is not a folder")
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "labels").mkdir(parents=True, exist_ok=True)
+    for stale in (datalist_path, record_path):  # an interrupted run must not look complete
+        stale.unlink(missing_ok=True)
+
+    tomograms = []
+    for i in range(n):
+        sub = np.random.SeedSequence([int(seed), i])
+        tomo_seed = int(sub.generate_state(1, np.uint32)[0])
+        aux = np.random.default_rng(sub.spawn(1)[0])
+        vs = _uniform(aux, *voxel_size_range) if randomize_voxel_size else float(voxel_size)
+        dtype = storage_dtype
+        if dtype == "random":
+            dtype = STORAGE_DTYPES[int(aux.integers(len(STORAGE_DTYPES)))]
+        image, label, info = generate_tomogram(shape, vs, tomo_seed, return_info=True, **options)
+        name = f"synth_{i:04d}.mrc"
+        save_mrc(out / "images" / name, _to_storage(image, dtype, aux), voxel_size=vs,
+                 imod_unsigned=dtype == "uint8")
+        save_mrc(out / "labels" / name, label, voxel_size=vs)
+        fractions = np.bincount(label.reshape(-1), minlength=6)[:6] / label.size
+        tomograms.append({
+            "image": f"images/{name}", "label": f"labels/{name}", "seed": tomo_seed,
+            "voxel_size": vs, "storage_dtype": dtype, "ribosomes": info["ribosomes"],
+            "class_fractions": [round(float(f), 5) for f in fractions],
+            "imaging": info["imaging"], "scene": info["scene"],
+        })
+        if verbose:
+            print(f"{out / 'images' / name}: {vs:.2f} Å, {dtype}, snr {info['imaging']['snr']:.2f}, "
+                  f"class fractions {np.round(fractions, 3).tolist()}", flush=True)
+    n_train, n_val, _ = _split_counts(n, val_fraction, test_fraction)
+    pairs = [{"image": t["image"], "label": t["label"]} for t in tomograms]
+    datalist = {
+        "description": "synthetic cryo-ET tomograms (cryoet_monai.data.synthetic)",
+        "labels": {"0": "background", "1": "microtubule", "2": "ribosome", "3": "double_membrane",
+                   "4": "single_membrane", "5": "carbon_edge"},
+        "training": pairs[:n_train],
+        "validation": pairs[n_train:n_train + n_val],
+        "test": pairs[n_train + n_val:],
+    }
+    _write_json(record_path, {"params": params, "tomograms": tomograms})
+    _write_json(datalist_path, datalist)
+    return datalist_path
