@@ -45,6 +45,9 @@ _EXPORTS: dict[str, str] = {
     "RobustNormalizeIntensityd": "cryoet_monai.transforms.intensity",
     # networks
     "PaperUNet": "cryoet_monai.networks.unet",
+    # synthetic data
+    "generate_tomogram": "cryoet_monai.data.synthetic",
+    "write_synthetic_dataset": "cryoet_monai.data.synthetic",
     # losses
     "PAPER_CLASS_WEIGHTS": "cryoet_monai.losses",
     "WeightedCrossEntropyLoss": "cryoet_monai.losses",
