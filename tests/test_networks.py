@@ -89,17 +89,18 @@ def test_eval_mode_is_deterministic_and_train_mode_uses_dropout():
 def test_gradient_step_reduces_loss():
     torch.manual_seed(0)
     net = PaperUNet(features=TINY, dropout=0.0)
-    x = torch.randn(4, 1, 32, 32)
+    x = torch.randn(2, 1, 32, 32)
     y = (x[:, 0] > 0.5).long() + (x[:, 0] > 1.5).long()  # a learnable 3-class target
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     losses = []
-    for _ in range(10):
+    for _ in range(6):
         opt.zero_grad()
         loss = torch.nn.functional.cross_entropy(net(x), y)
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.8 * losses[0]
+    assert all(b < a for a, b in zip(losses, losses[1:]))
+    assert losses[-1] < 0.9 * losses[0]
 
 
 def test_channels_last_and_bf16_autocast():
