@@ -197,6 +197,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 def test_ddp_gathers_confusion_across_ranks(tmp_path):
     """Two gloo ranks with uneven sample counts both aggregate the matrix of all three samples."""
     import socket
