@@ -56,6 +56,7 @@ class ImagingParams:
     lowpass: float = 30.0  # Å, half-amplitude resolution of the low-pass
     sample_thickness: float = 1000.0  # Å, sets the thickness of each sampled Fourier plane
     invert: bool = False  # True: dense material bright
+    noise_slope: float = 0.0  # noise power ~ |k|^slope before the band-pass (1 = WBP ramp, 0 = white)
 
 
 def _angle(kz: np.ndarray, kx: np.ndarray) -> np.ndarray:
@@ -131,15 +132,14 @@ def _freqs(shape, voxel_size):
     )
 
 
-def _robust_std(a: np.ndarray, rng: np.random.Generator, mask: np.ndarray | None, n: int = 200_000) -> float:
+def _masked_std(a: np.ndarray, rng: np.random.Generator, mask: np.ndarray | None, n: int = 500_000) -> float:
+    """Standard deviation of ``a`` over ``mask``, from a random subsample of voxels."""
     flat = a.reshape(-1)
-    idx = rng.integers(0, flat.size, n)
+    idx = rng.integers(0, flat.size, min(n, flat.size))
     if mask is not None:
-        idx = idx[mask.reshape(-1)[idx]]
-    if idx.size < 100:
-        idx = rng.integers(0, flat.size, n)
-    lo, hi = np.percentile(flat[idx], [15.87, 84.13])
-    return float(hi - lo) / 2
+        sel = idx[mask.reshape(-1)[idx]]
+        idx = sel if sel.size >= 100 else idx
+    return float(flat[idx].std())
 
 
 def image_volume(
@@ -152,7 +152,7 @@ def image_volume(
 ) -> np.ndarray:
     """Simulate the reconstructed tomogram of density ``rho`` ``(Z, Y, X)``; returns float32.
 
-    The noise is scaled so that the (robust) variance of the filtered signal over
+    The noise is scaled so that the variance of the filtered signal over
     ``signal_mask`` (e.g. the cell, excluding carbon and gold) is ``p.snr`` times the noise
     variance. The result is normalised to zero mean and unit variance. ``rho`` is consumed.
     """
@@ -172,14 +172,14 @@ def image_volume(
     for z0 in range(0, shape[0], _CHUNK):
         z1 = min(z0 + _CHUNK, shape[0])
         k = np.sqrt(kz[z0:z1, None, None] ** 2 + ky[None, :, None] ** 2 + kx[None, None, :] ** 2)
-        color = np.sqrt(k / knyq) * _bandpass(k, p) * wedge[z0:z1, None, :]
+        color = (k / knyq) ** np.float32(p.noise_slope / 2) * _bandpass(k, p) * wedge[z0:z1, None, :]
         re = rng.standard_normal(color.shape, dtype=np.float32)
         im = rng.standard_normal(color.shape, dtype=np.float32)
         spec[z0:z1].real = re * color * scale
         spec[z0:z1].imag = im * color * scale
     noise = scipy.fft.irfftn(spec, s=shape, workers=workers)
     del spec
-    s_std = _robust_std(signal, rng, signal_mask)
+    s_std = _masked_std(signal, rng, signal_mask)
     n_std = float(noise.std())
     if math.isfinite(p.snr) and p.snr > 0 and n_std > 0:
         noise *= np.float32(s_std / (n_std * math.sqrt(p.snr)))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -58,7 +59,7 @@ DEFAULT_CLASS_MIX: dict[str, float] = {
     "carbon_edge": 0.7,
 }
 # relative densities (vitreous ice = 0, protein = 1)
-_PROTEIN, _RNA, _CARBON, _GOLD, _VACUUM = 1.0, 1.3, 2.0, 6.0, -1.5
+_TUBULIN, _RNA, _CARBON, _GOLD, _VACUUM = 1.2, 1.3, 2.0, 6.0, -1.5
 
 
 class SyntheticDataError(ValueError):
@@ -215,7 +216,7 @@ def build_phantom(
     # --- double membranes: mitochondrion-like ellipsoids or nuclear-envelope-like sheets
     surfaces = []
     if scene.present["double_membrane"]:
-        for _ in range(count(10, 1)):
+        for _ in range(count(25, 1)):
             spacing = _uniform(rng, 70.0, 100.0)  # bilayer centre to centre, Å
             half = _uniform(rng, 20.0, 25.0)
             half = min(half, (spacing - vs) / 2)  # keep the gap between the bilayers visible
@@ -234,7 +235,7 @@ def build_phantom(
                                              "half_thickness": half, "voxels": n})
     # --- single membranes: vesicles, ER-like flattened ellipsoids, ER sheets
     if scene.present["single_membrane"]:
-        for _ in range(count(60, 1)):
+        for _ in range(count(150, 1)):
             p = cv.random_point(rng, slab)
             u = rng.random()
             if u < 0.5:
@@ -255,13 +256,13 @@ def build_phantom(
             surfaces.append(shape_)
     # --- microtubules: 25 nm outer / 15 nm inner diameter, long, gently curved, any orientation
     if scene.present["microtubule"]:
-        for _ in range(count(40, 1)):
+        for _ in range(count(100, 1)):
             p = cv.random_point(rng, slab, margin=60.0)
             path = smooth_path(rng, p, rng.standard_normal(3), 200.0, _uniform(rng, 5000.0, 30000.0),
                                -pad, ext + pad, _uniform(rng, 3000.0, 20000.0))
             r_out = _uniform(rng, 120.0, 130.0)
             r_in = _uniform(rng, 70.0, 80.0)
-            n = cv.paint_tube(path, r_out, r_in, _PROTEIN, MICROTUBULE)
+            n = cv.paint_tube(path, r_out, r_in, _TUBULIN, MICROTUBULE)
             info["microtubules"].append({"path": path, "r_out": r_out, "r_in": r_in, "voxels": n})
     # --- ribosomes: crowded, some bound to membranes (rough ER)
     if scene.present["ribosome"]:
@@ -386,9 +387,13 @@ def generate_tomogram(
     if not 1.0 <= vs <= 100.0:
         raise SyntheticDataError(f"voxel_size {vs} Å: expected 1-100 Å")
     scene, imaging = sample_params(rng, vs, **options)
+    t0 = time.perf_counter()
     cv, slab, info = build_phantom(shape, vs, scene, imaging, rng)
+    t1 = time.perf_counter()
     mask = (cv.rho > _VACUUM / 2) & (cv.rho < 1.8) & (cv.label != CARBON)
     image = image_volume(cv.rho, vs, imaging, rng, signal_mask=mask, workers=workers)
+    del mask
+    info["timing"] = {"phantom_s": t1 - t0, "imaging_s": time.perf_counter() - t1}
     cv.rho = None  # consumed by image_volume
     label = cv.label
     if not return_info:
