@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import socket
@@ -40,6 +41,7 @@ import torch
 
 __all__ = [
     "BundleError",
+    "NetworkAccessError",
     "CheckResult",
     "PackageReport",
     "DEFAULT_BUNDLE_NAME",
@@ -346,12 +348,13 @@ def verify_bundle(
     work = Path(tempfile.mkdtemp(prefix="verify_", dir=bundle.parent))
 
     def export_parity(kind: str) -> str:
+        how = ""
         eager = _eager_network(bundle, config, meta)
         with torch.no_grad():
             ref = eager(x)
         if kind == "torchscript":
             target = bundle / "models" / "model.ts"
-            mb.ckpt_export(
+            export = dict(
                 net_id="network_def",
                 filepath=str(target),
                 ckpt_file=str(bundle / "models" / "model.pt"),
@@ -359,12 +362,25 @@ def verify_bundle(
                 config_file=str(config),
                 bundle_root=str(bundle),
             )
+            how = "torch.jit.script"
+            try:
+                mb.ckpt_export(**export)
+            except Exception as err:  # not scriptable: a trace is still a valid TorchScript file
+                mb.ckpt_export(**export, use_trace=True, input_shape=list(example_shape))
+                how = f"torch.jit.trace (script failed: {str(err).strip().splitlines()[0][:120]})"
             extra = {"metadata.json": "", "inference.json": ""}
             ts = torch.jit.load(str(target), _extra_files=extra, map_location="cpu")
             if not json.loads(extra["inference.json"] or "{}"):
                 raise AssertionError("the TorchScript file does not embed configs/inference.json")
+            # a second, larger and non-square input: the exported graph must not be tied to one size
+            x2 = _example_input((2, example_shape[1], example_shape[2] + 32, example_shape[3] + 64), seed=1)
             with torch.no_grad():
-                out = ts(x)
+                out, out2, ref2 = ts(x), ts(x2), eager(x2)
+            diff2 = float((out2 - ref2).abs().max()) if out2.shape == ref2.shape else math.inf
+            if not diff2 <= atol:
+                raise AssertionError(
+                    f"{target.name}: input {tuple(x2.shape)}: max |logit difference| {diff2:.2e}"
+                )
             tol = atol
         else:
             import onnxruntime as ort
@@ -391,7 +407,8 @@ def verify_bundle(
             raise AssertionError(f"{target.name}: max |logit difference| {diff:.2e} > {tol:g}")
         same = float((out.argmax(1) == ref.argmax(1)).float().mean())
         size = target.stat().st_size / 1e6
-        return f"{target.name} ({size:.2f} MB): max |diff| {diff:.2e} <= {tol:g}, argmax agree {same:.4f}"
+        text = f"{target.name} ({size:.2f} MB): max |diff| {diff:.2e} <= {tol:g}, argmax agree {same:.4f}"
+        return text + (f"; exported with {how}" if kind == "torchscript" else "")
 
     def inference() -> str:
         meta_json = _read_json(meta)

@@ -55,8 +55,8 @@ class TrainingCurvesHandler:
         output_dir: where ``training_history.json`` and ``training_curves.png`` go.
         validator: the validation engine run by ``ValidationHandler``; its results are recorded when
             it completes (its ``state.epoch`` is the trainer epoch it validated).
-        metric: the validator's :class:`cryoet_monai.metrics.SegmentationConfusionMetric` (e.g. the
-            ``metric_fn`` of its key-metric handler); its per-class F1 is read after each validation.
+        metric: the validator's :class:`cryoet_monai.metrics.SegmentationConfusionMetric` or the
+            ``IgniteMetricHandler`` wrapping it; its per-class F1 is read after each validation.
             Without it, per-class F1 is read from ``validator.state.metrics[per_class_key.format(name=...)]``
             where present.
         class_names: class names, index = label value.
@@ -81,7 +81,7 @@ class TrainingCurvesHandler:
     ) -> None:
         self.output_dir = Path(output_dir)
         self.validator = validator
-        self.metric = metric
+        self.metric = getattr(metric, "metric_fn", metric)  # also accept the IgniteMetricHandler
         self.class_names = tuple(class_names)
         self.loss_transform = loss_transform
         self.per_class_key = per_class_key
