@@ -220,6 +220,9 @@ def test_load_dict_pipeline_and_config_name(tmp_path):
     both = LoadImage(reader=MRCReader(), image_only=True)([a, b])
     assert tuple(both.shape) == (2, *SHAPE)
     np.testing.assert_array_equal(both[1].numpy(), ref * 2)
+    small = _write(tmp_path / "small.mrc", ref[:2])
+    with pytest.raises(MRCFormatError, match=r"a\.mrc, .*small\.mrc: cannot stack files of different shapes"):
+        LoadImage(reader=MRCReader())([a, small])
 
 
 def test_reader_dtype_and_suffixes(tmp_path):

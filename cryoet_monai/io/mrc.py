@@ -142,13 +142,15 @@ def _axis_permutation(header: np.recarray, path: Path) -> tuple[int, int, int] |
     return None if perm == (0, 1, 2) else perm  # type: ignore[return-value]
 
 
-def _voxel_size(header: np.recarray, path: Path) -> tuple[float, float, float]:
+def _voxel_size(header: np.recarray, path: Path, image_2d: bool) -> tuple[float, float, float]:
+    """(z, y, x) Å from cella / mx,my,mz; suspicious values are logged, never fatal."""
     sizes = []
     for cell, m in ((header.cella.z, header.mz), (header.cella.y, header.my), (header.cella.x, header.mx)):
         sizes.append(float(cell) / int(m) if int(m) > 0 else 0.0)
-    if any(not np.isfinite(v) or v <= 0 for v in sizes):
+    used = sizes[1:] if image_2d else sizes  # a single image has no meaningful z spacing
+    if any(not np.isfinite(v) or v <= 0 for v in used):
         logger.warning("%s: voxel size %s Å (z, y, x) in the header is zero or negative", path, sizes)
-    elif any(abs(v - 1.0) < 1e-6 for v in sizes):
+    elif any(abs(v - 1.0) < 1e-6 for v in used):
         logger.warning("%s: voxel size %s Å (z, y, x) is exactly 1.0, often an unset header", path, sizes)
     return tuple(sizes)  # type: ignore[return-value]
 
@@ -303,7 +305,7 @@ def read_mrc(path: PathLike, mmap: bool = True, allow_2d: bool = False) -> tuple
         if data.flags.writeable:  # mode 101 unpacking: same read-only contract as mrcfile's arrays
             data.flags.writeable = False
 
-        voxel_size = _voxel_size(header, path)
+        voxel_size = _voxel_size(header, path, image_2d=data.ndim == 2)
         origin_xyz = tuple(float(v) for v in header.origin.item())
         origin = (origin_xyz[2], origin_xyz[1], origin_xyz[0])
         mrc_header = _plain_header(header, imod_stamp, imod_flags)
@@ -399,6 +401,12 @@ class MRCReader(ImageReader):
                 meta = dict(item_meta)
         if len(arrays) == 1:
             return arrays[0], meta
+        shapes = {a.shape[1:] if meta[MetaKeys.ORIGINAL_CHANNEL_DIM] == 0 else a.shape for a in arrays}
+        if len(shapes) > 1:
+            names = ", ".join(str(i[1]["filename_or_obj"]) for i in items)
+            raise MRCFormatError(
+                f"{names}: cannot stack files of different shapes {sorted(shapes)} as channels"
+            )
         if meta[MetaKeys.ORIGINAL_CHANNEL_DIM] == 0:  # volume stacks: concatenate their channels
             return np.concatenate(arrays, axis=0), meta
         meta[MetaKeys.ORIGINAL_CHANNEL_DIM] = 0
