@@ -78,9 +78,13 @@ def test_imod_old_header_unsigned(mrc_corpus, caplog):
 
 def test_gemmi_axis_order_values(mrc_corpus):
     """As in gemmi's test: the [1:5, 2:3, 4:6] (x, y, z) cut of arange(210) on a (5, 6, 7) grid."""
-    data, _ = read_mrc(mrc_corpus / "formats/project-gemmi/iota_yzx.ccp4.gz")
+    data, meta = read_mrc(mrc_corpus / "formats/project-gemmi/iota_yzx.ccp4.gz")
     xyz = np.arange(5 * 6 * 7, dtype=np.float32).reshape(5, 6, 7)[1:5, 2:3, 4:6]
     np.testing.assert_array_equal(data, xyz.transpose(2, 1, 0))
+    # no ORIGIN field: the cut starts at grid (x, y, z) = (1, 2, 4), written as n*start = (1, 20, -3)
+    # (periodic cell of 5, 6, 7) through mapc/mapr/maps = 2, 3, 1 -> origin (z, y, x) = (-3*20, 20*22, 1*30) Å
+    assert meta["origin"] == pytest.approx((-60.0, 440.0, 30.0))
+    assert meta["mrc_header"]["nxstart"] == 20
 
 
 def test_compressed_copies_identical(mrc_corpus):

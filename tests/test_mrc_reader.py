@@ -262,6 +262,10 @@ def test_2d_image_refused_unless_allowed(tmp_path):
     assert tuple(img.shape) == (1, 7, 9)
     np.testing.assert_array_equal(img[0].numpy(), ref)
     np.testing.assert_allclose(img.pixdim, VOXEL[1:])
+    # columns along Y, rows along X (mapc/mapr = 2, 1): returned as (Y, X)
+    swapped = _write(tmp_path / "swapped.mrc", np.ascontiguousarray(ref.T), mapc=2, mapr=1, maps=3)
+    data, _ = read_mrc(swapped, allow_2d=True)
+    np.testing.assert_array_equal(data, ref)
 
 
 # ---------------------------------------------------------------------------------------------- bad input

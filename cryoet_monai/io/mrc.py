@@ -155,6 +155,22 @@ def _voxel_size(header: np.recarray, path: Path, image_2d: bool) -> tuple[float,
     return tuple(sizes)  # type: ignore[return-value]
 
 
+def _origin(header: np.recarray, voxel_size: tuple[float, float, float]) -> tuple[float, float, float]:
+    """(z, y, x) Å of voxel 0: the ORIGIN field, or, when it is all zero, the crystallographic
+    nxstart/nystart/nzstart (columns/rows/sections, mapped through mapc/mapr/maps) times the voxel size,
+    as ChimeraX does."""
+    xyz = tuple(float(v) for v in header.origin.item())
+    if any(xyz):
+        return xyz[2], xyz[1], xyz[0]
+    starts = {1: 0, 2: 0, 3: 0}  # axis label (1 = X, 2 = Y, 3 = Z) -> first index
+    labels = (int(header.mapc), int(header.mapr), int(header.maps))
+    if sorted(labels) != [1, 2, 3]:
+        labels = (1, 2, 3)
+    for label, start in zip(labels, (int(header.nxstart), int(header.nystart), int(header.nzstart))):
+        starts[label] = start
+    return starts[3] * voxel_size[0], starts[2] * voxel_size[1], starts[1] * voxel_size[2]
+
+
 def _plain_header(header: np.recarray, imod_stamp: int, imod_flags: int) -> dict[str, Any]:
     """The raw header fields as plain Python values (MONAI metadata must stay collatable)."""
     labels = [
@@ -297,8 +313,8 @@ def read_mrc(path: PathLike, mmap: bool = True, allow_2d: bool = False) -> tuple
 
         perm = _axis_permutation(header, path)
         if perm is not None:
-            if data.ndim == 2:  # a 2-D image only has rows and columns: swapped x/y
-                data = data.T if (int(header.mapc), int(header.mapr)) in ((2, 1), (2, 3), (3, 1)) else data
+            if data.ndim == 2:  # rows, columns: the higher axis label (Y over X) goes first
+                data = data.T if int(header.mapr) < int(header.mapc) else data
             else:
                 lead = tuple(range(data.ndim - 3))
                 data = data.transpose(*lead, *(len(lead) + p for p in perm))
@@ -306,8 +322,7 @@ def read_mrc(path: PathLike, mmap: bool = True, allow_2d: bool = False) -> tuple
             data.flags.writeable = False
 
         voxel_size = _voxel_size(header, path, image_2d=data.ndim == 2)
-        origin_xyz = tuple(float(v) for v in header.origin.item())
-        origin = (origin_xyz[2], origin_xyz[1], origin_xyz[0])
+        origin = _origin(header, voxel_size)
         mrc_header = _plain_header(header, imod_stamp, imod_flags)
     finally:
         # a memmap keeps its own reference to the mapping: closing only drops mrcfile's handle
