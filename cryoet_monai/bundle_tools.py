@@ -2,7 +2,7 @@
 
 Layout of a packaged bundle (``<name>/`` and ``<name>.zip``)::
 
-    <name>/configs/        metadata.json, train.json, inference.json, evaluate.json, ... (from configs/)
+    <name>/configs/        every file of configs/ (metadata.json, train.json, inference.json, logging.conf...)
     <name>/models/         model.pt (plain state_dict of ``network_def``)
     <name>/docs/           README.md (model card), license.txt, meta_schema.json, figures (from bundle/docs/)
     <name>/cryoet_monai/   the package itself, so ``import cryoet_monai`` works from the bundle folder
@@ -244,7 +244,7 @@ def build_bundle(
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out))
     try:
         (staging / "configs").mkdir()
-        for cfg in sorted(configs.glob("*.json")) + sorted(configs.glob("*.yaml")):
+        for cfg in sorted(p for p in configs.iterdir() if p.is_file() and not p.name.startswith(".")):
             if network_overrides and cfg.suffix == ".json":
                 content = _read_json(cfg)
                 if isinstance(content, dict) and isinstance(content.get("network_def"), dict):

@@ -63,6 +63,7 @@ def test_zip_layout(packaged, tiny_weights: Path):
         "configs/inference.json",
         "configs/train.json",
         "configs/evaluate.json",
+        "configs/logging.conf",
         "models/model.pt",
         "docs/README.md",
         "docs/license.txt",
