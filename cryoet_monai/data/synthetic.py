@@ -98,6 +98,7 @@ def sample_params(
     crowding: float | None = None,
     class_mix: Mapping[str, float] | None = None,
     ice_fraction: float | None = None,
+    gold: bool | None = None,
 ) -> tuple[SceneParams, ImagingParams]:
     """Draw the per-tomogram scene and acquisition; given values are kept as they are.
 
@@ -137,7 +138,7 @@ def sample_params(
         crowding=draws["crowding"] if crowding is None else float(crowding),
         present=draws["present"],
         ice_fraction=draws["ice_fraction"] if ice_fraction is None else float(ice_fraction),
-        gold=draws["gold"],
+        gold=draws["gold"] if gold is None else bool(gold),
     )
     imaging = ImagingParams(
         tilt_min=tmin,
@@ -316,19 +317,19 @@ def _sheet(rng: np.random.Generator, p: np.ndarray) -> Sheet:
 
 def _paint_carbon(cv: Canvas, rng: np.random.Generator) -> dict[str, Any]:
     ext, vs = cv.extent, cv.voxel_size
-    thickness = min(_uniform(rng, 150.0, 500.0), max(0.3 * ext[0], 2 * vs))
+    thickness = min(_uniform(rng, 150.0, 500.0), max(0.25 * ext[0], 2 * vs))
     tilt = rng.normal(0, 0.05, 2)
     normal = np.array([1.0, tilt[0], tilt[1]])
     normal /= np.linalg.norm(normal)
     cz = _uniform(rng, thickness / 2, ext[0] - thickness / 2)
     radius = _uniform(rng, 4000.0, 15000.0)
     # the film lies behind the edge (away from the hole centre): put the edge so that it covers
-    # roughly 10-45 % of the field of view
+    # roughly 10-40 % of the field of view
     ang = _uniform(rng, 0, 2 * math.pi)
     u = np.array([math.cos(ang), math.sin(ang)])
     half = 0.5 * np.array([ext[1], ext[2]])
     reach = float(np.abs(u) @ half)  # centre-to-border distance of the field of view along u
-    edge = half - u * reach * _uniform(rng, 0.1, 0.8)
+    edge = half - u * reach * _uniform(rng, 0.2, 0.8)
     hole = edge + radius * u
     center = np.array([cz, ext[1] / 2, ext[2] / 2])
 
@@ -370,8 +371,9 @@ def generate_tomogram(
         return_info: also return a dict with the sampled parameters and the drawn objects.
         workers: threads for the FFTs.
         options: fixed values instead of random draws, see :func:`sample_params`
-            (``snr``, ``defocus_um``, ``tilt_range``, ``tilt_step``, ``phase_flip``, ``bfactor``,
-            ``lowpass``, ``invert``, ``crowding``, ``class_mix``, ``ice_fraction``, ...).
+            (``snr``, ``snr_range``, ``defocus_um``, ``defocus_range_um``, ``tilt_range``,
+            ``tilt_step``, ``phase_flip``, ``bfactor``, ``lowpass``, ``invert``, ``crowding``,
+            ``class_mix``, ``ice_fraction``, ``gold``).
 
     Returns:
         ``(image, label)``: float32 ``(Z, Y, X)`` normalised to zero mean and unit variance with
