@@ -233,4 +233,5 @@ def test_training_curves_handler(tmp_path: Path):
     assert history["val_f1"][0]["microtubule"] == pytest.approx(2 / 3)
     assert history["val_f1"][1]["microtubule"] == 1.0 and history["val_f1"][1]["ribosome"] is None
     assert math.isclose(history["val_f1"][0]["background"], 0.8)
+    assert history["val_mean_fg_f1"] == pytest.approx([2 / 3, 1.0])
     assert (tmp_path / "training_curves.png").read_bytes()[:8] == PNG_MAGIC

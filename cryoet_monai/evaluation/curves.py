@@ -62,7 +62,7 @@ class TrainingCurvesHandler:
         class_names: class names, index = label value.
         loss_transform: maps the trainer's ``state.output`` to a float loss.
         per_class_key: format of per-class F1 keys in the validator's ``state.metrics`` (fallback).
-        key_metric_name: validator metric also recorded as ``val_key_metric`` (e.g. ``"val_mean_f1"``).
+        mean_key: validator metric holding the mean foreground F1 (fallback when ``metric`` is not given).
         plot_every_epoch: rewrite the PNG after every epoch, not only at the end.
     """
 
@@ -74,7 +74,7 @@ class TrainingCurvesHandler:
         class_names: Sequence[str] = CLASS_NAMES,
         loss_transform: Callable[[Any], float] = _loss_from_output,
         per_class_key: str = "val_f1_{name}",
-        key_metric_name: str | None = None,
+        mean_key: str = "val_mean_fg_f1",
         plot_every_epoch: bool = True,
         history_filename: str = "training_history.json",
         figure_filename: str = "training_curves.png",
@@ -85,7 +85,7 @@ class TrainingCurvesHandler:
         self.class_names = tuple(class_names)
         self.loss_transform = loss_transform
         self.per_class_key = per_class_key
-        self.key_metric_name = key_metric_name
+        self.mean_key = mean_key
         self.plot_every_epoch = plot_every_epoch
         self.history_path = self.output_dir / history_filename
         self.figure_path = self.output_dir / figure_filename
@@ -94,7 +94,7 @@ class TrainingCurvesHandler:
             "loss": [],
             "val_epoch": [],
             "val_f1": [],
-            "val_key_metric": [],
+            "val_mean_fg_f1": [],
         }
         self._sum = 0.0
         self._count = 0
@@ -122,7 +122,7 @@ class TrainingCurvesHandler:
             vkeep = [i for i, e in enumerate(old.get("val_epoch", [])) if e <= last]
             self.history["epoch"] = [old["epoch"][i] for i in keep]
             self.history["loss"] = [old["loss"][i] for i in keep]
-            for k in ("val_epoch", "val_f1", "val_key_metric"):
+            for k in ("val_epoch", "val_f1", "val_mean_fg_f1"):
                 values = old.get(k, [])
                 self.history[k] = [values[i] for i in vkeep if i < len(values)]
 
@@ -143,18 +143,21 @@ class TrainingCurvesHandler:
 
     def _validation_completed(self, validator: Engine) -> None:
         f1: dict[str, float | None] = {}
+        mean = validator.state.metrics.get(self.mean_key)
         if self.metric is not None:
-            per_class = self.metric.scores()["per_class"]
+            scores = self.metric.scores()
+            per_class = scores["per_class"]
             f1 = {name: per_class[name]["f1"] for name in self.class_names if name in per_class}
+            mean = scores["mean_fg_f1"]
         else:
             for name in self.class_names:
                 value = validator.state.metrics.get(self.per_class_key.format(name=name))
                 if value is not None:
                     f1[name] = None if math.isnan(float(value)) else float(value)
-        key = validator.state.metrics.get(self.key_metric_name) if self.key_metric_name else None
         self.history["val_epoch"].append(int(validator.state.epoch))
         self.history["val_f1"].append(f1)
-        self.history["val_key_metric"].append(None if key is None else float(key))
+        mean = None if mean is None or math.isnan(float(mean)) else float(mean)
+        self.history["val_mean_fg_f1"].append(mean)
 
     def _completed(self, engine: Engine) -> None:
         self.write()

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 from cryoet_monai import CLASS_NAMES, IGNORE_LABEL
 
@@ -248,8 +249,8 @@ def plot_training_curves(
     """Loss and per-class validation F1 against epoch, side by side.
 
     ``history`` holds ``"epoch"`` and ``"loss"`` (mean training loss per epoch, same length),
-    optionally ``"val_epoch"`` with ``"val_f1"`` (one ``{class: f1}`` per validation) and
-    ``"val_loss"``. This is the layout written by
+    optionally ``"val_epoch"`` with ``"val_f1"`` (one ``{class: f1}`` per validation),
+    ``"val_mean_fg_f1"`` (drawn dashed) and ``"val_loss"``. This is the layout written by
     :class:`cryoet_monai.evaluation.curves.TrainingCurvesHandler`.
     """
     epochs, loss = list(history.get("epoch", [])), list(history.get("loss", []))
@@ -278,11 +279,16 @@ def plot_training_curves(
                 color=CLASS_COLORS[i] if i else (0.4, 0.4, 0.4),
                 label=_pretty(name),
             )
+    mean = [np.nan if v is None else float(v) for v in history.get("val_mean_fg_f1", [])]
+    if mean and len(mean) == len(val_epochs) and not np.all(np.isnan(mean)):
+        ax_f1.plot(val_epochs, mean, "k--", lw=1.5, label="mean foreground")
     ax_f1.set_xlabel("epoch")
     ax_f1.set_ylabel("F1 (Dice)")
     ax_f1.set_ylim(0.0, 1.02)
     ax_f1.set_title("Validation F1 per class")
     ax_f1.grid(alpha=0.3)
     if val_f1:
-        ax_f1.legend(fontsize=7, loc="lower right")
+        ax_f1.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    for ax in (ax_loss, ax_f1):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return _save(fig, path)
