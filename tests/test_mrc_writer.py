@@ -120,6 +120,23 @@ def test_create_mrc_streaming(tmp_path):
     assert meta["mrc_mode"] == 12 and _valid(tmp_path / "probs.mrc")
 
 
+def test_plane_by_plane_statistics(tmp_path, monkeypatch):
+    monkeypatch.setattr(mrc_module, "_STATS_AT_ONCE", 10)  # take the big-volume path on a small array
+    ref = np.random.default_rng(4).normal(3.0, 2.0, SHAPE).astype(np.float32)
+    with create_mrc(tmp_path / "big.mrc", SHAPE, np.float32) as out:
+        out[:] = ref
+    with mrcfile.open(tmp_path / "big.mrc") as mrc:
+        h = mrc.header
+        assert (float(h.dmin), float(h.dmax)) == (float(ref.min()), float(ref.max()))
+        assert float(h.dmean) == pytest.approx(ref.mean(dtype=np.float64), rel=1e-6)
+        assert float(h.rms) == pytest.approx(ref.std(dtype=np.float64), rel=1e-5)
+    assert _valid(tmp_path / "big.mrc")
+    with pytest.raises(MRCFormatError, match="NaN"):
+        with create_mrc(tmp_path / "nan.mrc", SHAPE, np.float32) as out:
+            out[4, 5, 6] = np.nan
+    assert _only(tmp_path) == ["big.mrc"]
+
+
 def test_interrupted_writes_leave_nothing(tmp_path, monkeypatch):
     target = tmp_path / "seg.mrc"
     with pytest.raises(RuntimeError, match="network crashed"):
@@ -168,6 +185,9 @@ def test_bad_writes_refused(tmp_path):
     with pytest.raises(MRCFormatError, match="cannot stream int64"):
         with create_mrc(target, SHAPE, np.int64):
             pass
+    with pytest.raises(MRCFormatError, match=r"x\.mrc: data contain NaN"):  # streamed NaN: no file either
+        with create_mrc(target, SHAPE, np.float32) as out:
+            out[2, 3, 4] = np.inf
     assert _only(tmp_path) == []
     save_mrc(target, np.zeros(SHAPE, np.float32))
     with pytest.raises(MRCTruncatedError, match="file exists"):

@@ -54,6 +54,7 @@ IMOD_STAMP = 1146047817  # "IMOD" stamp at header byte 152 (IMOD's mrc_header do
 IMOD_FLAG_SIGNED_BYTES = 1  # imodFlags bit 0 set: mode-0 bytes are SIGNED; clear: unsigned
 _HEADER_BYTES = 1024
 _EXTRA2_OFFSET = 112  # byte offset of mrcfile's ``extra2`` field in the 1024-byte header
+_STATS_AT_ONCE = 1 << 24  # voxels; header statistics of bigger arrays go plane by plane
 _SUPPORTED_MODES = {0: "int8/uint8", 1: "int16", 2: "float32", 6: "uint16", 12: "float16", 101: "4-bit"}
 
 
@@ -379,11 +380,10 @@ class MRCReader(ImageReader):
             dtype (``uint8`` for unsigned bytes), made native-endian.
     """
 
-    def __init__(self, allow_2d: bool = False, dtype: DtypeLike | None = None, **kwargs):
+    def __init__(self, allow_2d: bool = False, dtype: DtypeLike | None = None):
         super().__init__()
         self.allow_2d = allow_2d
         self.dtype = dtype
-        self.kwargs = kwargs
 
     def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
         """Whether all the file names end in an MRC suffix (optionally ``.gz`` / ``.bz2``)."""
@@ -505,13 +505,13 @@ def _finish_header(
         finite = np.isfinite(values).all() if np.issubdtype(values.dtype, np.floating) else True
         if not finite:
             raise MRCFormatError(f"{path}: data contain NaN or infinite values")
-        as64 = values.astype(np.float64, copy=False) if values.size < (1 << 24) else None
+        as64 = values.astype(np.float64, copy=False) if values.size <= _STATS_AT_ONCE else None
         if as64 is not None:
             mrc.header.dmin, mrc.header.dmax = float(as64.min()), float(as64.max())
             mrc.header.dmean = float(as64.mean())
             mrc.header.rms = float(as64.std())
         else:  # big volumes: plane by plane in float64 to bound memory
-            _stats_by_plane(mrc.header, values)
+            _stats_by_plane(mrc.header, values, path)
     else:
         mrc.reset_header_stats()
     if unsigned and float(mrc.header.dmax) > 127:
@@ -524,11 +524,13 @@ def _finish_header(
         logger.info("%s: mode-0 bytes above 127 stored as IMOD unsigned bytes", path)
 
 
-def _stats_by_plane(header: np.recarray, values: np.ndarray) -> None:
+def _stats_by_plane(header: np.recarray, values: np.ndarray, path: Path) -> None:
     planes = values.reshape(-1, *values.shape[-2:])
     lo, hi, total, total_sq = np.inf, -np.inf, 0.0, 0.0
     for plane in planes:
         p = plane.astype(np.float64)
+        if not np.isfinite(p).all():
+            raise MRCFormatError(f"{path}: data contain NaN or infinite values")
         lo, hi = min(lo, float(p.min())), max(hi, float(p.max()))
         total += float(p.sum())
         total_sq += float(np.square(p).sum())
