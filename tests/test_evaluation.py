@@ -141,9 +141,12 @@ def test_evaluate_config_runs_inference_path(labelled_set: Path, tmp_path: Path,
     scores recomputed here by hand (numpy) from the written _seg.mrc files and the labels."""
     from monai.bundle import run
 
-    net = PaperUNet(spatial_dims=2, features=TINY)
-    with torch.no_grad():  # large output weights: an untrained net whose argmax varies between voxels
-        net.final_conv.weight.mul_(50.0)
+    # a 1x1 convolution as network_def: logits w_c * x + b_c, so the (normalised) intensity decides the
+    # class deterministically: bright -> 3, dark -> 4, in between -> 0 or 1
+    net = torch.nn.Conv2d(1, 6, kernel_size=1)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([0.0, 0.5, 0.0, 2.0, -2.0, 0.0]).view(6, 1, 1, 1))
+        net.bias.copy_(torch.tensor([1.0, 0.8, -5.0, 0.0, 0.0, -5.0]))
     (tmp_path / "models").mkdir()
     torch.save(net.state_dict(), tmp_path / "models" / "model.pt")
     configs = repo_root / "configs"
@@ -153,7 +156,7 @@ def test_evaluate_config_runs_inference_path(labelled_set: Path, tmp_path: Path,
         meta_file=str(configs / "metadata.json"),
         bundle_root=str(tmp_path),
         datalist=str(labelled_set),
-        network_def={"_target_": "cryoet_monai.PaperUNet", "spatial_dims": 2, "features": TINY},
+        network_def={"_target_": "torch.nn.Conv2d", "in_channels": 1, "out_channels": 6, "kernel_size": 1},
         **{"evaluation#segmenter#precision": "fp32"},
     )
     summary = json.loads((tmp_path / "eval" / "metrics.json").read_text())
@@ -163,7 +166,7 @@ def test_evaluate_config_runs_inference_path(labelled_set: Path, tmp_path: Path,
         seg, meta = read_mrc(tmp_path / "eval" / "predictions" / f"{rec['name']}_seg.mrc")
         truth, _ = read_mrc(tmp_path / "labels" / f"{rec['name']}.mrc")
         assert seg.shape == SHAPE and meta["voxel_size"] == pytest.approx((10.0, 10.0, 10.0))
-        assert len(np.unique(seg)) >= 2  # a non-trivial prediction
+        assert set(np.unique(seg).tolist()) == {0, 1, 3, 4}  # a non-trivial prediction
         keep = truth != 255
         cm = np.bincount(truth[keep].astype(np.int64) * 6 + seg[keep], minlength=36).reshape(6, 6)
         assert rec["confusion_matrix"] == cm.tolist()

@@ -146,7 +146,10 @@ class TomogramEvaluator:
                 f"nor {IGNORE_LABEL} (ignored)."
             )
         name = Path(seg_path).name[: -len("_seg.mrc")]
-        confusion = confusion_of_volumes(pred, truth, len(self.class_names))
+        try:
+            confusion = confusion_of_volumes(pred, truth, len(self.class_names))
+        except ValueError as err:  # label values outside 0..C-1 and 255 somewhere in the volume
+            raise EvaluationError(f"{label} vs {seg_path}: {err}") from err
         nsd = {}
         if self.tolerances and self.thin_classes:
             nsd = surface_dice(

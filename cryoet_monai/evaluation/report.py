@@ -106,6 +106,8 @@ def surface_dice(
     Tolerances are in voxels. Voxels labelled ``ignore_label`` in ``label`` count as background in
     both volumes, so boundaries there are neither rewarded nor penalised by the ground truth.
     Returns ``{tolerance: {class name: NSD}}`` with ``None`` where the class is in neither volume.
+    The whole volume is processed at once (boundaries do not stop at slabs): expect a peak of
+    roughly 20-30 bytes per voxel; pass no tolerances to an evaluator to skip it for huge tomograms.
     """
     pred_t, label_t = (
         torch.as_tensor(np.array(pred)),
@@ -117,8 +119,9 @@ def surface_dice(
             f"{tuple(pred_t.shape)} and {tuple(label_t.shape)}."
         )
     keep = label_t != ignore_label
-    onehot_p = torch.stack([(pred_t == c) & keep for c in classes])[None].float()
-    onehot_l = torch.stack([(label_t == c) & keep for c in classes])[None].float()
+    # boolean one-hot (1 byte per voxel and class): MONAI's edge extraction accepts it
+    onehot_p = torch.stack([(pred_t == c) & keep for c in classes])[None]
+    onehot_l = torch.stack([(label_t == c) & keep for c in classes])[None]
     out: dict[float, dict[str, float | None]] = {}
     for tol in tolerances:
         with warnings.catch_warnings():  # an absent class is reported as None below, not as a warning
