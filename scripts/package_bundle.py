@@ -38,6 +38,13 @@ def main(argv: list[str] | None = None) -> int:
         "--weights", type=Path, default=None, help="state_dict to ship (default models/model.pt)"
     )
     parser.add_argument("--repo_root", type=Path, default=Path(__file__).resolve().parents[1])
+    parser.add_argument(
+        "--network-overrides",
+        type=json.loads,
+        default=None,
+        metavar="JSON",
+        help="keys merged into every packaged network_def, e.g. '{\"features\": [16, 32, 64, 128, 256]}'",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle of that name")
     parser.add_argument(
         "--no-verify", dest="verify", action="store_false", help="only build the folder and zip"
@@ -64,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.repo_root,
                 args.name,
                 args.weights,
+                args.network_overrides,
                 verify=args.verify,
                 checks=args.checks,
                 overwrite=args.overwrite,
