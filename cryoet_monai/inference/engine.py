@@ -39,6 +39,7 @@ from monai.inferers import SliceInferer, SlidingWindowInferer
 from cryoet_monai import CLASS_NAMES
 from cryoet_monai.inference.postprocess import remove_small_components
 from cryoet_monai.inference.predictor import WindowPredictor, resolve_autocast_dtype
+from cryoet_monai.inference.streaming import release_pages
 from cryoet_monai.io.mrc import MRCFormatError, create_mrc, read_mrc
 from cryoet_monai.transforms.intensity import NonFiniteIntensityError, RobustNormalizeIntensity
 
@@ -407,6 +408,7 @@ class TomogramSegmenter:
             return {"input": str(path), "skipped": True, **{k: str(v) for k, v in outputs.items()}}
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         norm = self._normalizer_for(volume, path)
+        release_pages(volume)  # the statistics' subsample touched every few planes
         scale = self._scale(voxel_size)
         depth, ny, nx = volume.shape
         c = self.num_classes
@@ -444,7 +446,16 @@ class TomogramSegmenter:
             ranges = list(_slab_ranges(depth, slab, halo))
             for i, (start, stop, lo, hi) in enumerate(ranges):
                 block = norm(np.asarray(volume[lo:hi], dtype=np.float32), name=str(path))
+                release_pages(volume[lo:hi])
                 probs = self.predict(block, scale)
+                if (
+                    lo == start == acc_start and hi == stop and not acc_num.shape[1]
+                ):  # no halo (2-D models): write directly
+                    self._write(probs, start, seg_mm, probs_mm, unc_mm, counts)
+                    acc_start = stop
+                    if bar is not None:
+                        bar.update(stop - start)
+                    continue
                 w = _halo_weights(start, stop, lo, hi)
                 grow = hi - (acc_start + acc_num.shape[1])
                 if grow > 0:
@@ -487,16 +498,20 @@ class TomogramSegmenter:
         counts: np.ndarray,
     ) -> None:
         """Write final probabilities ``(C, n, Y, X)`` of planes ``z0..z0+n`` to the open outputs."""
-        n = probs.shape[1]
-        seg = probs.argmax(0).to(torch.uint8).numpy()
-        seg_mm[z0 : z0 + n] = seg
-        counts += np.bincount(seg.ravel(), minlength=self.num_classes)[: self.num_classes]
-        if probs_mm is not None:
-            probs_mm[:, z0 : z0 + n] = probs.to(torch.float16).numpy()
-        if unc_mm is not None:
-            p = probs.clamp_min(1e-12)
-            entropy = -(p * p.log()).sum(0) / math.log(self.num_classes)
-            unc_mm[z0 : z0 + n] = entropy.clamp_(0.0, 1.0).to(torch.float16).numpy()
+        for j in range(probs.shape[1]):  # plane by plane: temporaries stay small
+            z, p = z0 + j, probs[:, j]
+            seg = p.argmax(0).to(torch.uint8).numpy()
+            seg_mm[z] = seg
+            release_pages(seg_mm[z])
+            counts += np.bincount(seg.ravel(), minlength=self.num_classes)[: self.num_classes]
+            if probs_mm is not None:
+                probs_mm[:, z] = p.to(torch.float16).numpy()
+                for c in range(probs_mm.shape[0]):
+                    release_pages(probs_mm[c, z])
+            if unc_mm is not None:
+                entropy = torch.special.entr(p).sum(0) / math.log(self.num_classes)  # -p log p, 0 at p=0
+                unc_mm[z] = entropy.clamp_(0.0, 1.0).to(torch.float16).numpy()
+                release_pages(unc_mm[z])
 
     # ------------------------------------------------------------------ many files
     def __call__(

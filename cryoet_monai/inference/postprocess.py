@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from cryoet_monai.inference.streaming import release_pages
+
 __all__ = ["remove_small_components"]
 
 
@@ -99,6 +101,7 @@ def remove_small_components(
     if not classes:
         for a, b in ranges:
             counts += np.bincount(np.asarray(seg[a:b]).ravel(), minlength=256)[:num_classes]
+            release_pages(seg[a:b])
         return counts
 
     # pass 1: label slabs, merge components across slab boundaries
@@ -106,7 +109,8 @@ def remove_small_components(
     firsts: list[int] = []
     previous_last: np.ndarray | None = None
     for a, b in ranges:
-        block = np.asarray(seg[a:b])
+        block = np.array(seg[a:b])
+        release_pages(seg[a:b])
         ids, sizes = _label_slab(block, classes)
         first = uf.add(np.concatenate(sizes) if sizes else np.zeros(0, np.int64))
         firsts.append(first)
@@ -132,5 +136,6 @@ def remove_small_components(
         if small.any():
             block[small] = 0
             seg[a:b] = block
+        release_pages(seg[a:b])
         counts += np.bincount(block.ravel(), minlength=256)[:num_classes]
     return counts

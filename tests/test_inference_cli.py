@@ -1,0 +1,150 @@
+"""``cryoet-monai segment`` and ``python -m monai.bundle run --config_file configs/inference.json`` as
+subprocesses: tiny-network overrides, bad files in a list, and a run killed midway."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cryoet_monai import PaperUNet
+from cryoet_monai.inference import TomogramSegmenter
+from cryoet_monai.inference.cli import build_segmenter, find_bundle_config
+from cryoet_monai.io.mrc import read_mrc, save_mrc
+
+FEATURES = [4, 8, 16, 32, 64]
+
+
+def _volume(shape, seed: int = 0) -> np.ndarray:
+    from cryoet_monai.data.synthetic import generate_tomogram
+
+    return generate_tomogram(shape=shape, voxel_size=10.0, seed=seed)[0]
+
+
+@pytest.fixture
+def tiny_bundle(tmp_path: Path, repo_root: Path) -> Path:
+    """A copy of the bundle's configs with a tiny network, plus its weights in models/model.pt."""
+    root = tmp_path / "bundle"
+    (root / "configs").mkdir(parents=True)
+    (root / "models").mkdir()
+    config = json.loads((repo_root / "configs" / "inference.json").read_text())
+    config["network_def"]["features"] = FEATURES
+    (root / "configs" / "inference.json").write_text(json.dumps(config))
+    shutil.copy(repo_root / "configs" / "metadata.json", root / "configs" / "metadata.json")
+    torch.manual_seed(0)
+    net = PaperUNet(2, 1, 6, features=FEATURES)
+    torch.save(net.state_dict(), root / "models" / "model.pt")
+    return root
+
+
+def _env(repo_root: Path) -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(repo_root))
+    return env
+
+
+def _cli(repo_root: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "cryoet_monai", "segment", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root, env=_env(repo_root), **kwargs)
+
+
+def test_inference_config_network_matches_training(repo_root: Path) -> None:
+    train = repo_root / "configs" / "train.json"
+    if not train.is_file():
+        pytest.skip("configs/train.json not there yet")
+    inference = json.loads((repo_root / "configs" / "inference.json").read_text())
+    assert inference["network_def"] == json.loads(train.read_text())["network_def"]
+    parser = build_segmenter(repo_root, model_path=None, progress=False)
+    assert parser.get_parsed_content("model_voxel_size") == 10.0  # from metadata.json (_meta_)
+    assert find_bundle_config(repo_root / "configs" / "inference.json")[1] == repo_root
+
+
+def test_cli_segments_list_and_skips_bad_file(tmp_path: Path, tiny_bundle: Path, repo_root: Path) -> None:
+    good = tmp_path / "in" / "good.mrc"
+    good.parent.mkdir()
+    vol = _volume((6, 48, 40), seed=1)
+    save_mrc(good, vol, voxel_size=10.0, origin=(10.0, 20.0, 30.0))
+    bad = tmp_path / "in" / "bad.mrc"
+    bad.write_bytes(b"\0" * 100)
+    out = tmp_path / "out"
+    proc = _cli(
+        repo_root, str(bad), str(good), "-o", str(out), "--config", str(tiny_bundle),
+        "--uncertainty", "--tta", "2", "--batch-size", "3", "--no-progress",
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert "bad.mrc" in proc.stdout and "ERROR" in proc.stdout and "1 of 2 tomograms failed" in proc.stderr
+    assert "good.mrc: 6x48x40" in proc.stdout and "background" in proc.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["good_seg.mrc", "good_uncertainty.mrc"]
+    labels, meta = read_mrc(out / "good_seg.mrc")
+    assert labels.shape == vol.shape and meta["voxel_size"] == (10.0, 10.0, 10.0)
+    np.testing.assert_allclose(meta["origin"], (10.0, 20.0, 30.0), atol=1e-4)
+    # the same result in-process with the bundle's weights
+    parser = build_segmenter(tiny_bundle, progress=False, tta=2)
+    segmenter: TomogramSegmenter = parser.get_parsed_content("segmenter")
+    (ref,) = segmenter(good, tmp_path / "ref")
+    assert (np.asarray(read_mrc(ref["seg"])[0]) == np.asarray(labels)).mean() > 0.999
+
+
+def test_bundle_run_subprocess(tmp_path: Path, repo_root: Path) -> None:
+    src = tmp_path / "data" / "t1.mrc"
+    src.parent.mkdir()
+    save_mrc(src, _volume((5, 32, 48), seed=2), voxel_size=10.0)
+    model = tmp_path / "model.pt"
+    torch.manual_seed(0)
+    torch.save(PaperUNet(2, 1, 6, features=FEATURES).state_dict(), model)
+    out = tmp_path / "bundle_out"
+    cmd = [
+        sys.executable, "-m", "monai.bundle", "run",
+        "--config_file", "configs/inference.json",
+        "--input", str(src.parent), "--output_dir", str(out), "--model_path", str(model),
+        "--network_def#features", json.dumps(FEATURES), "--progress", "false", "--save_probs", "true",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root, env=_env(repo_root))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["t1_probs.mrc", "t1_seg.mrc"]
+    probs, _ = read_mrc(out / "t1_probs.mrc")
+    labels, _ = read_mrc(out / "t1_seg.mrc")
+    assert probs.shape == (6, 5, 32, 48)
+    np.testing.assert_allclose(probs.astype(np.float32).sum(0), 1.0, atol=5e-3)
+    assert np.array_equal(np.asarray(labels), probs.argmax(0))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_run_leaves_no_file_under_final_name(
+    tmp_path: Path, tiny_bundle: Path, repo_root: Path, sig
+) -> None:
+    src = tmp_path / "big.mrc"
+    save_mrc(src, np.random.default_rng(0).normal(size=(400, 64, 64)).astype(np.float32), voxel_size=10.0)
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable, "-m", "cryoet_monai", "segment", str(src), "-o", str(out),
+        "--config", str(tiny_bundle), "--slab-size", "2", "--batch-size", "1", "--probs", "--no-progress",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=repo_root, env=_env(repo_root), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if out.is_dir() and any(p.name.endswith(".tmp") for p in out.iterdir()):
+                break  # outputs are being written
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run finished before it could be interrupted"
+        time.sleep(0.5)
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    names = sorted(p.name for p in out.iterdir())
+    assert "big_seg.mrc" not in names and "big_probs.mrc" not in names
+    if sig == signal.SIGTERM:  # a clean unwind also removes the temporary files
+        assert names == [] and proc.returncode != 0
