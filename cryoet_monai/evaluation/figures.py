@@ -219,7 +219,7 @@ def plot_example_slices(
     rows = len(slices)
     z_numbers = list(z_numbers) if z_numbers is not None else slices
     aspect = image.shape[1] / max(image.shape[2], 1)
-    fig = Figure(figsize=(9.0, 3.0 * rows * aspect + 0.8))
+    fig = Figure(figsize=(9.0, 3.0 * rows * aspect + 0.8), layout="constrained")
     axes = fig.subplots(rows, 3, squeeze=False)
     for r, (z, shown_z) in enumerate(zip(slices, z_numbers)):
         raw = image[z]
@@ -234,10 +234,9 @@ def plot_example_slices(
             axes[r, c].set_axis_off()
     handles = [Patch(color=CLASS_COLORS[i], label=_pretty(n)) for i, n in enumerate(class_names) if i > 0]
     handles.append(Patch(color=IGNORE_COLOR, label="unannotated"))
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
     if title:
         fig.suptitle(title)
-    fig.subplots_adjust(bottom=0.08)
     return _save(fig, path)
 
 

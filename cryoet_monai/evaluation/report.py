@@ -223,7 +223,8 @@ def format_table(summary: Mapping[str, Any], title: str = "TEST") -> str:
     note = (
         f"\nVoxel-wise scores pooled over {summary['num_tomograms']} tomogram(s); in brackets the mean over "
         f"tomograms. Mean foreground F1: {_fmt(mfg, mean.get('mean_foreground_f1'))}. "
-        "n/a: class absent from both ground truth and prediction."
+        "n/a: undefined (F1/IoU: class absent from both ground truth and prediction; "
+        "precision: never predicted; recall: absent from the ground truth)."
     )
     return "\n".join(lines) + "\n" + note + "\n"
 
