@@ -34,39 +34,47 @@ def _show(ax, image, label, title, overlay):
     ax.set_yticks([])
 
 
+def _richest(label: np.ndarray, axis: int) -> int:
+    """Slice index along ``axis`` (middle half) showing the most classes, then the most foreground."""
+    n = label.shape[axis]
+    moved = np.moveaxis(label, axis, 0)[n // 4: 3 * n // 4]
+    classes = np.array([len(np.unique(s)) for s in moved])
+    fg = (moved > 0).reshape(len(moved), -1).mean(1)
+    return int(np.argmax(classes + fg)) + n // 4
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="docs/synthetic.png")
     parser.add_argument("--shape", type=int, nargs=3, default=(96, 320, 320))
     parser.add_argument("--voxel-size", type=float, default=10.0)
-    parser.add_argument("--seeds", type=int, nargs="+", default=(3, 7))
+    parser.add_argument("--seeds", type=int, nargs="+", default=(7, 3))
     args = parser.parse_args()
-    rows = len(args.seeds)
     z, y, x = args.shape
-    fig, axes = plt.subplots(rows, 4, figsize=(16, 4.6 * rows),
-                             gridspec_kw={"width_ratios": [x, x, x, x]})
-    axes = np.atleast_2d(axes)
+    n = len(args.seeds)
+    fig, axes = plt.subplots(2 * n, 2, figsize=(10, 5.2 * n * (y + z) / y),
+                             gridspec_kw={"height_ratios": [y, z] * n})
     for r, seed in enumerate(args.seeds):
         image, label, info = generate_tomogram(args.shape, args.voxel_size, seed, return_info=True)
         im = info["imaging"]
-        # the xz slice through the row with the most labelled foreground shows the missing wedge
-        iy = int(np.argmax((label > 0).sum(axis=(0, 2))[y // 4: 3 * y // 4])) + y // 4
-        iz = z // 2
-        desc = (f"seed {seed}, {args.voxel_size:g} Å, tilt {im['tilt_min']:.0f}..{im['tilt_max']:.0f}° "
-                f"step {im['tilt_step']:g}°, defocus {im['defocus_um']:.1f} µm, SNR {im['snr']:.2f}"
+        iz, iy = _richest(label, 0), _richest(label, 1)
+        desc = (f"tilt {im['tilt_min']:.0f}..{im['tilt_max']:.0f}° step {im['tilt_step']:g}°, "
+                f"defocus {im['defocus_um']:.1f} µm, SNR {im['snr']:.2f}"
                 f"{', phase-flipped' if im['phase_flip'] else ''}")
-        _show(axes[r, 0], image[iz], label[iz], f"xy z={iz}: {desc}", False)
-        _show(axes[r, 1], image[iz], label[iz], "xy + labels", True)
-        _show(axes[r, 2], image[:, iy], label[:, iy], f"xz y={iy} (missing wedge elongates in z)", False)
-        _show(axes[r, 3], image[:, iy], label[:, iy], "xz + labels", True)
-        for a in axes[r, 2:]:
+        xy_title = f"seed {seed}, {args.voxel_size:g} Å: xy slice z={iz}"
+        _show(axes[2 * r, 0], image[iz], label[iz], xy_title, False)
+        _show(axes[2 * r, 1], image[iz], label[iz], f"with labels; {desc}", True)
+        xz_title = f"xz slice y={iy} (missing wedge: blur along z)"
+        _show(axes[2 * r + 1, 0], image[:, iy], label[:, iy], xz_title, False)
+        _show(axes[2 * r + 1, 1], image[:, iy], label[:, iy], "xz with labels", True)
+        for a in axes[2 * r + 1]:
             a.invert_yaxis()
     handles = [Patch(color=COLORS[c], label=CLASS_NAMES[c]) for c in range(1, len(COLORS))]
     fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=9, frameon=False)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
+    fig.savefig(out, dpi=80)
     print(f"wrote {out}")
 
 
