@@ -38,7 +38,7 @@ from monai.inferers import SliceInferer, SlidingWindowInferer
 
 from cryoet_monai import CLASS_NAMES
 from cryoet_monai.inference.postprocess import remove_small_components
-from cryoet_monai.inference.predictor import WindowPredictor, resolve_autocast_dtype
+from cryoet_monai.inference.predictor import WindowPredictor, fold_batch_norm, resolve_autocast_dtype
 from cryoet_monai.inference.streaming import release_pages
 from cryoet_monai.io.mrc import MRCFormatError, create_mrc, read_mrc
 from cryoet_monai.transforms.intensity import NonFiniteIntensityError, RobustNormalizeIntensity
@@ -164,13 +164,18 @@ class TomogramSegmenter:
             mean the whole extent (``[-1, -1]`` = whole slices). Windows are padded to multiples of the
             network's ``size_divisible``, so any tomogram size works.
         overlap: sliding-window overlap (only matters when the windows are smaller than the slice).
-        sw_batch_size: windows (slices, for whole-slice 2-D inference) per forward pass.
+        sw_batch_size: windows (slices, for whole-slice 2-D inference) per forward pass; ``None``: as many
+            as fit in ``batch_pixels`` voxels (at least one).
+        batch_pixels: voxel budget of one forward pass when ``sw_batch_size`` is ``None``; default 2**20 on
+            CPU (the paper-size U-Net needs about 1 GiB of activations per 1024x1024 slice in bf16) and
+            2**22 on GPU.
         blend_mode: ``"gaussian"`` or ``"constant"`` weighting of overlapping windows.
         slab_size: z-slices per slab (the core; 3-D models add a halo of half the roi depth each side).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``None``/``"auto"`` (the GPU of this rank if any).
         precision: ``"auto"`` (bf16 on CPUs/GPUs with native support, else fp16 on GPU, fp32 on CPU),
             ``"fp32"``, ``"bf16"`` or ``"fp16"``.
         channels_last: channels-last activations (faster convolutions).
+        fold_bn: fold eval-mode batch norms into the convolutions (same function, less work).
         compile: wrap the network with ``torch.compile`` (opt-in; first call is slow).
         tta: test-time augmentation: ``False``/1 none, ``True`` all 8 in-plane flips/rotations, or a count.
         save_probs: also write ``<name>_probs.mrc`` (float16, one channel per class).
@@ -194,12 +199,14 @@ class TomogramSegmenter:
         model_path: str | os.PathLike | None = None,
         roi_size: Sequence[int] | int = (-1, -1),
         overlap: float = 0.25,
-        sw_batch_size: int = 4,
+        sw_batch_size: int | None = None,
+        batch_pixels: int | None = None,
         blend_mode: str = "gaussian",
         slab_size: int = 8,
         device: str | torch.device | None = None,
         precision: str = "auto",
         channels_last: bool = True,
+        fold_bn: bool = True,
         compile: bool = False,
         tta: bool | int = False,
         save_probs: bool = False,
@@ -218,7 +225,10 @@ class TomogramSegmenter:
         self.spatial_dims = self._spatial_dims(network)
         if model_path is not None:
             network.load_state_dict(self._load_state_dict(Path(model_path)))
-        network = network.to(self.device).eval()
+        network = network.eval()
+        if fold_bn:
+            network = fold_batch_norm(network)
+        network = network.to(self.device)
         if channels_last:
             fmt = torch.channels_last if self.spatial_dims == 2 else torch.channels_last_3d
             network = network.to(memory_format=fmt)
@@ -239,7 +249,10 @@ class TomogramSegmenter:
             )
         self.roi_size = roi
         self.overlap = float(overlap)
-        self.sw_batch_size = int(sw_batch_size)
+        self.sw_batch_size = None if sw_batch_size is None else max(1, int(sw_batch_size))
+        if batch_pixels is None:
+            batch_pixels = 2**22 if self.device.type == "cuda" else 2**20
+        self.batch_pixels = int(batch_pixels)
         self.blend_mode = blend_mode
         self.slab_size = max(1, int(slab_size))
         self.save_probs = bool(save_probs)
@@ -305,19 +318,23 @@ class TomogramSegmenter:
 
     def _inferer(self, spatial: Sequence[int]) -> SlidingWindowInferer:
         """Inferer for a (resampled) slab of ``spatial`` = (Z, Y, X)."""
+        if self.spatial_dims == 2:
+            roi = [r if r > 0 else s for r, s in zip(self.roi_size, spatial[1:])]
+            roi = [min(r, s) for r, s in zip(roi, spatial[1:])]  # never pad a small slice up to the roi
+        else:
+            roi = [min(r if r > 0 else s, s) for r, s in zip(self.roi_size, spatial)]
+        batch = self.sw_batch_size or max(1, self.batch_pixels // math.prod(roi))
         common = dict(
-            sw_batch_size=self.sw_batch_size,
+            roi_size=roi,
+            sw_batch_size=batch,
             overlap=self.overlap,
             mode=self.blend_mode,
             sw_device=self.device,
             device=torch.device("cpu"),
         )
         if self.spatial_dims == 2:
-            roi = [r if r > 0 else s for r, s in zip(self.roi_size, spatial[1:])]
-            roi = [min(r, s) for r, s in zip(roi, spatial[1:])]  # never pad a small slice up to the roi
-            return SliceInferer(spatial_dim=0, roi_size=roi, **common)
-        roi = [min(r if r > 0 else s, s) for r, s in zip(self.roi_size, spatial)]
-        return SlidingWindowInferer(roi_size=roi, **common)
+            return SliceInferer(spatial_dim=0, **common)
+        return SlidingWindowInferer(**common)
 
     @property
     def halo(self) -> int:
