@@ -340,3 +340,13 @@ def test_find_inputs_and_shard(tmp_path: Path) -> None:
     files = [Path(f"{i}.mrc") for i in range(5)]
     assert shard(files, 1, 2) == [Path("1.mrc"), Path("3.mrc")]
     assert sorted(shard(files, 0, 3) + shard(files, 1, 3) + shard(files, 2, 3)) == sorted(files)
+
+
+def test_torchrun_ranks_share_the_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for i in range(3):
+        save_mrc(tmp_path / f"t{i}.mrc", _smooth((2, 16, 16), seed=i), voxel_size=10.0)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    results = _segmenter(_ConvNet())(tmp_path, tmp_path / "out")
+    assert [Path(r["input"]).name for r in results] == ["t1.mrc"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["t1_seg.mrc"]

@@ -188,7 +188,6 @@ class TomogramSegmenter:
         min_component_size: drop connected components smaller than this many voxels (an int for every
             foreground class or one value per class); 0 disables the clean-up.
         normalizer: intensity normalisation (must match training); default ``RobustNormalizeIntensity()``.
-        output_suffixes: names of the outputs: ``<name><suffix>.mrc``.
         progress: show a progress bar with ETA.
         overwrite: replace existing outputs (else skip tomograms whose labels already exist).
     """
@@ -434,12 +433,13 @@ class TomogramSegmenter:
         slab = depth if self.spatial_dims == 3 and self.roi_size[0] <= 0 else self.slab_size
         counts = np.zeros(c, dtype=np.int64)
 
-        bar = None
-        if self.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=depth, unit="slice", desc=output_stem(path), leave=False, dynamic_ncols=True)
         with ExitStack() as stack:
+            bar = None
+            if self.progress:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=depth, unit="slice", desc=output_stem(path), leave=False, dynamic_ncols=True)
+                stack.callback(bar.close)
             seg_mm = stack.enter_context(
                 create_mrc(outputs["seg"], (depth, ny, nx), np.uint8, voxel_size, origin, fill=None)
             )
@@ -465,9 +465,8 @@ class TomogramSegmenter:
                 block = norm(np.asarray(volume[lo:hi], dtype=np.float32), name=str(path))
                 release_pages(volume[lo:hi])
                 probs = self.predict(block, scale)
-                if (
-                    lo == start == acc_start and hi == stop and not acc_num.shape[1]
-                ):  # no halo (2-D models): write directly
+                if lo == start == acc_start and hi == stop and not acc_num.shape[1]:
+                    # no halo (2-D models): nothing to blend, write directly
                     self._write(probs, start, seg_mm, probs_mm, unc_mm, counts)
                     acc_start = stop
                     if bar is not None:
@@ -490,8 +489,6 @@ class TomogramSegmenter:
                     bar.update(stop - start)
             if self.min_component_size:
                 counts = remove_small_components(seg_mm, self.min_component_size, num_classes=c)
-        if bar is not None:
-            bar.close()
         seconds = time.perf_counter() - t0
         total = max(1, int(counts.sum()))
         fractions = {name: float(counts[k]) / total for k, name in enumerate(CLASS_NAMES[:c])}
