@@ -57,6 +57,14 @@ _EXPORTS: dict[str, str] = {
     "SegmentationConfusionMetric": "cryoet_monai.metrics",
     "TolerantF1Metric": "cryoet_monai.metrics",
     "scores_from_confusion": "cryoet_monai.metrics",
+    # training
+    "AutocastInferer": "cryoet_monai.engines.inferers",
+    "ResumeCheckpoint": "cryoet_monai.engines.handlers",
+    "ClassMetricsHandler": "cryoet_monai.engines.handlers",
+    "prepare_datalist": "cryoet_monai.engines.data",
+    "write_datalist": "cryoet_monai.engines.data",
+    "CropZFractiond": "cryoet_monai.transforms.sampling",
+    "SliceStrided": "cryoet_monai.transforms.sampling",
 }
 
 

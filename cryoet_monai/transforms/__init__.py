@@ -7,6 +7,12 @@ from cryoet_monai.transforms.intensity import (
     RobustNormalizeIntensityd,
     compute_stats,
 )
+from cryoet_monai.transforms.sampling import (
+    CropZFraction,
+    CropZFractiond,
+    SliceStride,
+    SliceStrided,
+)
 
 __all__ = [
     "IntensityStats",
@@ -14,4 +20,8 @@ __all__ = [
     "RobustNormalizeIntensity",
     "RobustNormalizeIntensityd",
     "compute_stats",
+    "CropZFraction",
+    "CropZFractiond",
+    "SliceStride",
+    "SliceStrided",
 ]
