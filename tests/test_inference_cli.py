@@ -87,7 +87,7 @@ def test_cli_segments_list_and_skips_bad_file(tmp_path: Path, tiny_bundle: Path,
     out = tmp_path / "out"
     proc = _cli(
         repo_root, str(bad), str(good), "-o", str(out), "--config", str(tiny_bundle),
-        "--uncertainty", "--tta", "2", "--batch-size", "3", "--no-progress",
+        "--uncertainty", "--tta-n", "2", "--batch-size", "3", "--no-progress",
     )  # fmt: skip
     assert proc.returncode == 1, proc.stderr
     assert "bad.mrc" in proc.stdout and "ERROR" in proc.stdout and "1 of 2 tomograms failed" in proc.stderr

@@ -92,8 +92,8 @@ def run(args: argparse.Namespace) -> int:
     overrides.update({k: v for k, v in optional.items() if v is not None})
     if args.voxel_size is not None:
         overrides["voxel_size"] = _voxel_size(args.voxel_size)
-    if args.tta is not None:
-        overrides["tta"] = args.tta
+    if args.tta_n is not None or args.tta is not None:
+        overrides["tta"] = args.tta_n if args.tta_n is not None else args.tta
     for flag, key in (("probs", "save_probs"), ("uncertainty", "save_uncertainty"), ("compile", "compile")):
         if getattr(args, flag):
             overrides[key] = True
@@ -129,12 +129,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--model", type=Path, help="state_dict checkpoint (default: the bundle's models/model.pt)")
     p.add_argument("--config", help="bundle folder or inference config file (default: this package's bundle)")
     p.add_argument(
-        "--tta",
-        nargs="?",
-        const=8,
-        type=int,
-        metavar="N",
-        help="test-time augmentation with N in-plane flips/rotations (default N=8)",
+        "--tta", action="store_const", const=8, help="test-time augmentation: 8 in-plane flips/rotations"
+    )
+    p.add_argument(
+        "--tta-n", type=int, metavar="N", help="test-time augmentation with the first N (1-8) of them"
     )
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: the GPU of this rank if any, else cpu)")
     p.add_argument("--batch-size", type=int, help="windows (slices) per forward pass")

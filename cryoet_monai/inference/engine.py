@@ -426,6 +426,14 @@ class TomogramSegmenter:
         norm = self._normalizer_for(volume, path)
         release_pages(volume)  # the statistics' subsample touched every few planes
         scale = self._scale(voxel_size)
+        if scale != (1.0, 1.0, 1.0) and self.voxel_size is None and set(voxel_size) == {1.0}:
+            # 1.0 Å is what many programs write when the pixel size was never set
+            logger.warning(
+                "%s: header voxel size is 1.0 Å (often unset); resampling it to the model's %.4g Å. "
+                "Pass --voxel-size if the header is wrong.",
+                path,
+                self.model_voxel_size,
+            )
         depth, ny, nx = volume.shape
         c = self.num_classes
         halo = min(depth, math.ceil(self.halo / scale[0]))  # in input slices
