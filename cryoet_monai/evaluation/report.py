@@ -109,10 +109,8 @@ def surface_dice(
     The whole volume is processed at once (boundaries do not stop at slabs): expect a peak of
     roughly 20-30 bytes per voxel; pass no tolerances to an evaluator to skip it for huge tomograms.
     """
-    pred_t, label_t = (
-        torch.as_tensor(np.array(pred)),
-        torch.as_tensor(np.array(label)),
-    )  # copies: memmaps are read-only
+    # np.array copies: torch refuses read-only memory maps
+    pred_t, label_t = torch.as_tensor(np.array(pred)), torch.as_tensor(np.array(label))
     if pred_t.shape != label_t.shape or pred_t.ndim not in (2, 3):
         raise ValueError(
             f"prediction and label must be one (Z, Y, X) or (Y, X) shape, got "
