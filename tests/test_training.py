@@ -39,7 +39,7 @@ from cryoet_monai.transforms.sampling import (
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-FEATURES = [4, 8, 16, 32, 64]
+FEATURES = [8, 16, 32, 64, 128]
 # index of the progress bar in train#handlers (looked up: other handlers may be inserted before it)
 _PROGRESS = next(
     i
