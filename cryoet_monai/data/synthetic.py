@@ -59,7 +59,7 @@ DEFAULT_CLASS_MIX: dict[str, float] = {
     "carbon_edge": 0.7,
 }
 # relative densities (vitreous ice = 0, protein = 1)
-_TUBULIN, _RNA, _CARBON, _GOLD, _VACUUM = 1.2, 1.3, 2.0, 6.0, -1.5
+_TUBULIN, _RNA, _CARBON, _GOLD, _VACUUM = 1.2, 1.3, 2.5, 6.0, -1.5
 
 
 class SyntheticDataError(ValueError):
@@ -236,7 +236,7 @@ def build_phantom(
                                              "half_thickness": half, "voxels": n})
     # --- single membranes: vesicles, ER-like flattened ellipsoids, ER sheets
     if scene.present["single_membrane"]:
-        for _ in range(count(150, 1)):
+        for _ in range(count(500, 1)):
             p = cv.random_point(rng, slab)
             u = rng.random()
             if u < 0.5:
@@ -333,6 +333,16 @@ def _paint_carbon(cv: Canvas, rng: np.random.Generator) -> dict[str, Any]:
     hole = edge + radius * u
     center = np.array([cz, ext[1] / 2, ext[2] / 2])
 
+    # amorphous carbon grain: a sum of random plane waves (3-10 nm), continuous across blocks
+    waves = rng.standard_normal((12, 3))
+    waves *= (2 * math.pi / rng.uniform(30.0, 100.0, 12) / np.linalg.norm(waves, axis=1))[:, None]
+    phases = rng.uniform(0, 2 * math.pi, 12)
+
+    def grain(z, y, x):
+        g = sum(np.cos(z * np.float32(k[0]) + y * np.float32(k[1]) + x * np.float32(k[2]) + np.float32(ph))
+                for k, ph in zip(waves, phases))
+        return np.float32(_CARBON) * (1 + np.float32(0.35 / math.sqrt(6)) * g)
+
     def sdf(z, y, x, normals=False):
         film = np.abs((z - center[0]) * normal[0] + (y - center[1]) * normal[1]
                       + (x - center[2]) * normal[2]) - thickness / 2
@@ -340,13 +350,14 @@ def _paint_carbon(cv: Canvas, rng: np.random.Generator) -> dict[str, Any]:
         return np.maximum(film, rim), None
 
     for sl, inside in cv.blocks(np.full(3, -np.inf), np.full(3, np.inf), sdf, vs):
+        coords = cv.coords(sl)
         if inside:
-            cv.rho[sl] = _CARBON
+            cv.rho[sl] = grain(*coords)
             cv.label[sl] = CARBON
             continue
-        d, _ = sdf(*cv.coords(sl))
+        d, _ = sdf(*coords)
         w = np.clip(0.5 - d / vs, 0, 1).astype(np.float32)
-        cv.rho[sl] = w * np.float32(_CARBON) + (1 - w) * cv.rho[sl]
+        cv.rho[sl] = w * grain(*coords) + (1 - w) * cv.rho[sl]
         cv.label[sl][d <= 0] = CARBON
     return {"thickness": thickness, "normal": normal, "center": center, "hole_center": hole,
             "hole_radius": radius}
