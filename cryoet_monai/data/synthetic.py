@@ -199,8 +199,9 @@ def build_phantom(
                             "ribosomes": 0, "ribosomes_on_membranes": 0}
     pad = np.full(3, 300.0)
 
-    def count(rate: float, minimum: int) -> int:
-        return max(minimum, int(rng.poisson(rate * volume_um3)))
+    def count(rate: float, minimum: int, cap: int = 10**6) -> int:
+        # cap: large surfaces crossing a big field of view would otherwise fill it
+        return min(cap, max(minimum, int(rng.poisson(rate * volume_um3))))
 
     # --- background crowding: small proteins, 2-6 nm radius (label 0)
     frac = 0.06 * scene.crowding
@@ -217,7 +218,7 @@ def build_phantom(
     # --- double membranes: mitochondrion-like ellipsoids or nuclear-envelope-like sheets
     surfaces = []
     if scene.present["double_membrane"]:
-        for _ in range(count(25, 1)):
+        for _ in range(count(25, 1, cap=5)):
             spacing = _uniform(rng, 70.0, 100.0)  # bilayer centre to centre, Å
             half = _uniform(rng, 20.0, 25.0)
             half = min(half, (spacing - vs) / 2)  # keep the gap between the bilayers visible
@@ -236,7 +237,7 @@ def build_phantom(
                                              "half_thickness": half, "voxels": n})
     # --- single membranes: vesicles, ER-like flattened ellipsoids, ER sheets
     if scene.present["single_membrane"]:
-        for _ in range(count(500, 1)):
+        for _ in range(count(250, 1, cap=25)):
             p = cv.random_point(rng, slab)
             u = rng.random()
             if u < 0.5:
@@ -257,7 +258,7 @@ def build_phantom(
             surfaces.append(shape_)
     # --- microtubules: 25 nm outer / 15 nm inner diameter, long, gently curved, any orientation
     if scene.present["microtubule"]:
-        for _ in range(count(100, 1)):
+        for _ in range(count(100, 1, cap=25)):
             p = cv.random_point(rng, slab, margin=60.0)
             path = smooth_path(rng, p, rng.standard_normal(3), 200.0, _uniform(rng, 5000.0, 30000.0),
                                -pad, ext + pad, _uniform(rng, 3000.0, 20000.0))
@@ -334,14 +335,15 @@ def _paint_carbon(cv: Canvas, rng: np.random.Generator) -> dict[str, Any]:
     center = np.array([cz, ext[1] / 2, ext[2] / 2])
 
     # amorphous carbon grain: a sum of random plane waves (3-10 nm), continuous across blocks
-    waves = rng.standard_normal((12, 3))
-    waves *= (2 * math.pi / rng.uniform(30.0, 100.0, 12) / np.linalg.norm(waves, axis=1))[:, None]
-    phases = rng.uniform(0, 2 * math.pi, 12)
+    # (32 waves in random directions: close to a Gaussian random field, no visible periodicity)
+    waves = rng.standard_normal((32, 3))
+    waves *= (2 * math.pi / rng.uniform(30.0, 100.0, 32) / np.linalg.norm(waves, axis=1))[:, None]
+    phases = rng.uniform(0, 2 * math.pi, 32)
 
     def grain(z, y, x):
         g = sum(np.cos(z * np.float32(k[0]) + y * np.float32(k[1]) + x * np.float32(k[2]) + np.float32(ph))
                 for k, ph in zip(waves, phases))
-        return np.float32(_CARBON) * (1 + np.float32(0.35 / math.sqrt(6)) * g)
+        return np.float32(_CARBON) * (1 + np.float32(0.2 / math.sqrt(16)) * g)
 
     def sdf(z, y, x, normals=False):
         film = np.abs((z - center[0]) * normal[0] + (y - center[1]) * normal[1]
