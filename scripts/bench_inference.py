@@ -210,6 +210,7 @@ def _run_step(name: str, argv: list[str], extra: list[str]) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--slices", type=int, default=4, help="slices of the speed tomogram")
+    p.add_argument("--repeats", type=int, default=2, help="timed runs of each pipeline (best is kept)")
     p.add_argument("--size", type=int, default=1024, help="in-plane size (Y = X)")
     p.add_argument("--features", type=int, nargs="+", default=PAPER_FEATURES, help="U-Net widths")
     p.add_argument("--batch-size", type=int, default=None, help="slices per forward in (a) (default: auto)")
@@ -259,8 +260,17 @@ def main() -> None:
         write_tomogram(speed, (args.slices, args.size, args.size), args.voxel_size)
         common = ["--tmp", tmp, "--dtype", dtype]
         gemm = _run_step("gemm", base, common)
-        ours = _run_step("ours", base, [*common, "--input", str(speed)])
-        seed = _run_step("seed", base, [*common, "--input", str(speed)])
+        # alternate the two pipelines so that both see the same (possibly shared) machine; keep the best
+        runs: dict[str, list[dict]] = {"ours": [], "seed": []}
+        for _ in range(args.repeats):
+            for name in runs:
+                runs[name].append(_run_step(name, base, [*common, "--input", str(speed)]))
+        ours, seed = (min(runs[name], key=lambda r: r["seconds"]) for name in ("ours", "seed"))
+        for name, r in (("ours", ours), ("seed", seed)):
+            r["all_seconds"] = [x["seconds"] for x in runs[name]]
+            r["peak_rss_mib"] = max(x["peak_rss_mib"] for x in runs[name])
+            r["peak_anon_mib"] = max(x["peak_anon_mib"] for x in runs[name])
+            r["peak_file_mib"] = max(x["peak_file_mib"] for x in runs[name])
         # the CPU may be shared: measure the peak again after the pipelines and keep the best
         gemm2 = _run_step("gemm", base, common)
         gemm = {k: max(v, gemm2[k]) for k, v in gemm.items() if k != "peak_rss_mib" and k in (dtype, "fp32")}
@@ -287,6 +297,7 @@ def main() -> None:
             "dtype": dtype,
             "seconds": ours["seconds"],
             "s_per_slice": ours["seconds"] / args.slices,
+            "all_seconds": ours["all_seconds"],
             "gflops": a_rate / 1e9,
             "fraction_of_peak": a_rate / gemm[dtype],
             "peak_rss_mib": ours["peak_rss_mib"],
@@ -297,6 +308,7 @@ def main() -> None:
             "dtype": "fp32",
             "seconds": seed["seconds"],
             "s_per_slice": seed["seconds"] / args.slices,
+            "all_seconds": seed["all_seconds"],
             "gflops": b_rate / 1e9,
             "fraction_of_peak": b_rate / gemm["fp32"],
             "peak_rss_mib": seed["peak_rss_mib"],
