@@ -94,6 +94,7 @@ class TomogramEvaluator:
         example_slices: z-slices shown per example figure.
         reuse_predictions: score an existing ``<name>_seg.mrc`` instead of segmenting again.
         class_names: class names, index = label value.
+        example_dpi: resolution of the example-slice figures.
 
     Calling it with a datalist path returns the summary dict that is written to ``metrics.json``.
     """
@@ -109,6 +110,7 @@ class TomogramEvaluator:
         example_slices: int = 3,
         reuse_predictions: bool = False,
         class_names: Sequence[str] = CLASS_NAMES,
+        example_dpi: int = 110,
     ) -> None:
         self.segmenter = segmenter
         self.output_dir = Path(output_dir)
@@ -119,6 +121,7 @@ class TomogramEvaluator:
         self.example_slices = int(example_slices)
         self.reuse_predictions = bool(reuse_predictions)
         self.class_names = tuple(class_names)
+        self.example_dpi = int(example_dpi)
 
     def _predict(self, image: Path) -> Path:
         pred_dir = self.output_dir / "predictions"
@@ -175,7 +178,7 @@ class TomogramEvaluator:
             cases.append(
                 self.evaluate_case(item["image"], item["label"], with_examples=i < self.num_examples)
             )
-        paths = write_report(cases, self.output_dir, self.class_names)
+        paths = write_report(cases, self.output_dir, self.class_names, example_dpi=self.example_dpi)
         summary = json.loads(paths["metrics"].read_text())
         print(paths["table"].read_text(), flush=True)
         print(

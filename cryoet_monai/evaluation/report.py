@@ -241,12 +241,13 @@ def write_report(
     output_dir: str | os.PathLike,
     class_names: Sequence[str] = CLASS_NAMES,
     title: str = "TEST",
+    example_dpi: int = 110,
 ) -> dict[str, Path]:
     """Summarise ``cases`` and write ``metrics.json``, ``metrics.md`` and the PNG figures to ``output_dir``.
 
     Figures: ``confusion_matrix.png`` (row-normalised heat map of the pooled matrix),
     ``f1_per_class.png`` (pooled F1 and mean over tomograms), and ``examples_<name>.png``
-    (raw | ground truth | prediction) for every case that kept example slices.
+    (raw | ground truth | prediction, at ``example_dpi``) for every case that kept example slices.
     Returns ``{"metrics": path, "table": path, <figure name>: path, ...}``.
     """
     out = Path(output_dir)
@@ -279,5 +280,6 @@ def write_report(
                 class_names=class_names,
                 title=case.name,
                 z_numbers=case.example_z,
+                dpi=example_dpi,
             )
     return paths
