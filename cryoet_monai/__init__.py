@@ -65,6 +65,9 @@ _EXPORTS: dict[str, str] = {
     "write_datalist": "cryoet_monai.engines.data",
     "CropZFractiond": "cryoet_monai.transforms.sampling",
     "SliceStrided": "cryoet_monai.transforms.sampling",
+    # inference
+    "TomogramSegmenter": "cryoet_monai.inference.engine",
+    "InferenceError": "cryoet_monai.inference.engine",
 }
 
 
