@@ -39,8 +39,7 @@ from monai.inferers import SliceInferer, SlidingWindowInferer
 from cryoet_monai import CLASS_NAMES
 from cryoet_monai.inference.postprocess import remove_small_components
 from cryoet_monai.inference.predictor import WindowPredictor, fold_batch_norm, resolve_autocast_dtype
-from cryoet_monai.inference.streaming import release_pages
-from cryoet_monai.io.mrc import MRCFormatError, create_mrc, read_mrc
+from cryoet_monai.io.mrc import MRCFormatError, create_mrc, read_mrc, release_pages
 from cryoet_monai.transforms.intensity import NonFiniteIntensityError, RobustNormalizeIntensity
 
 __all__ = ["InferenceError", "TomogramSegmenter", "find_inputs", "output_stem", "shard"]

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from cryoet_monai.inference.streaming import release_pages
+from cryoet_monai.io.mrc import release_pages
 
 __all__ = ["remove_small_components"]
 

@@ -19,6 +19,7 @@ import bz2
 import contextlib
 import gzip
 import logging
+import mmap
 import os
 import uuid
 import warnings
@@ -42,6 +43,7 @@ __all__ = [
     "create_mrc",
     "mrc_mode_for",
     "read_mrc",
+    "release_pages",
     "save_mrc",
 ]
 
@@ -502,11 +504,10 @@ def _finish_header(
     mrc.voxel_size = voxel_size  # (x, y, z); sets cella from mx/my/mz
     mrc.header.origin = origin
     if values.size:
-        finite = np.isfinite(values).all() if np.issubdtype(values.dtype, np.floating) else True
-        if not finite:
-            raise MRCFormatError(f"{path}: data contain NaN or infinite values")
-        as64 = values.astype(np.float64, copy=False) if values.size <= _STATS_AT_ONCE else None
-        if as64 is not None:
+        if values.size <= _STATS_AT_ONCE:
+            if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+                raise MRCFormatError(f"{path}: data contain NaN or infinite values")
+            as64 = values.astype(np.float64, copy=False)
             mrc.header.dmin, mrc.header.dmax = float(as64.min()), float(as64.max())
             mrc.header.dmean = float(as64.mean())
             mrc.header.rms = float(as64.std())
@@ -529,6 +530,7 @@ def _stats_by_plane(header: np.recarray, values: np.ndarray, path: Path) -> None
     lo, hi, total, total_sq = np.inf, -np.inf, 0.0, 0.0
     for plane in planes:
         p = plane.astype(np.float64)
+        release_pages(plane)  # a pass over a big memory-mapped output must not keep it resident
         if not np.isfinite(p).all():
             raise MRCFormatError(f"{path}: data contain NaN or infinite values")
         lo, hi = min(lo, float(p.min())), max(hi, float(p.max()))
@@ -538,6 +540,25 @@ def _stats_by_plane(header: np.recarray, values: np.ndarray, path: Path) -> None
     mean = total / n
     header.dmin, header.dmax, header.dmean = lo, hi, mean
     header.rms = float(np.sqrt(max(total_sq / n - mean * mean, 0.0)))
+
+
+def release_pages(view: np.ndarray) -> None:
+    """Drop the pages of ``view`` (a C-contiguous part of a ``np.memmap``) from this process's memory.
+
+    Pages of a memory-mapped file that were read or written stay resident (and count towards RSS)
+    until the mapping closes, so streaming over a big file would otherwise grow to the file's size.
+    ``MADV_DONTNEED`` on a shared file mapping only unmaps them: written data stay in the page cache
+    and reach the file; the next access re-reads them. A no-op for in-memory arrays.
+    """
+    mm = getattr(view, "_mmap", None)
+    if mm is None or not hasattr(mm, "madvise") or view.size == 0 or not view.flags["C_CONTIGUOUS"]:
+        return
+    base = np.frombuffer(mm, dtype=np.uint8).__array_interface__["data"][0]
+    start = view.__array_interface__["data"][0] - base
+    aligned = start - start % mmap.PAGESIZE
+    length = min(start + view.nbytes, len(mm)) - aligned
+    if length > 0:
+        mm.madvise(mmap.MADV_DONTNEED, aligned, length)
 
 
 def _temporary_path(path: Path) -> Path:
