@@ -242,6 +242,7 @@ def build_bundle(
     # assemble in a temporary sibling folder, then rename: never leave half a bundle behind
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out))
+    staging.chmod(0o755)  # mkdtemp makes it private; the bundle is meant to be shared
     try:
         (staging / "configs").mkdir()
         for cfg in sorted(p for p in configs.iterdir() if p.is_file() and not p.name.startswith(".")):
