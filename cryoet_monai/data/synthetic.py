@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 #: bumped whenever the generated data change, so cached datasets are regenerated
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 #: storage dtypes written by :func:`write_synthetic_dataset` (``"random"`` picks one per tomogram)
 STORAGE_DTYPES = ("float32", "float16", "int16", "uint8", "int8")
 
