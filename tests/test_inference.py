@@ -12,6 +12,7 @@ import torch.nn as nn
 from scipy import ndimage
 
 from cryoet_monai import PaperUNet
+from cryoet_monai.data.synthetic import generate_tomogram
 from cryoet_monai.inference import (
     InferenceError,
     TomogramSegmenter,
@@ -42,11 +43,7 @@ def _smooth(shape, seed: int = 0, sigma: float = 2.0) -> np.ndarray:
 
 
 def _tomogram(shape, seed: int = 0) -> np.ndarray:
-    """A synthetic tomogram from the project's generator (falls back to smooth noise while it is absent)."""
-    try:
-        from cryoet_monai.data.synthetic import generate_tomogram
-    except ImportError:
-        return _smooth(shape, seed)
+    """A synthetic tomogram from the project's generator."""
     return generate_tomogram(shape=shape, voxel_size=10.0, seed=seed)[0]
 
 
@@ -350,3 +347,12 @@ def test_torchrun_ranks_share_the_inputs(tmp_path: Path, monkeypatch: pytest.Mon
     results = _segmenter(_ConvNet())(tmp_path, tmp_path / "out")
     assert [Path(r["input"]).name for r in results] == ["t1.mrc"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["t1_seg.mrc"]
+
+
+def test_checkpoint_of_another_network_is_a_clear_error(tmp_path: Path) -> None:
+    """A model.pt trained with other widths than network_def names the file, not a torch traceback."""
+    path = tmp_path / "wide.pt"
+    torch.manual_seed(0)
+    torch.save(PaperUNet(2, 1, 6, features=(8, 16, 32, 64, 128)).state_dict(), path)
+    with pytest.raises(InferenceError, match=r"wide\.pt: the checkpoint does not fit.*network_def"):
+        _segmenter(_net(), model_path=path)

@@ -222,7 +222,7 @@ class TomogramSegmenter:
         self.device = _default_device() if device in (None, "auto") else torch.device(device)
         self.spatial_dims = self._spatial_dims(network)
         if model_path is not None:
-            network.load_state_dict(self._load_state_dict(Path(model_path)))
+            self._load_weights(network, Path(model_path))
         network = network.eval()
         if fold_bn:
             network = fold_batch_norm(network)
@@ -290,6 +290,18 @@ class TomogramSegmenter:
         if not isinstance(state, dict):
             raise InferenceError(f"{path}: expected a state_dict, got {type(state).__name__}.")
         return state
+
+    @classmethod
+    def _load_weights(cls, network: nn.Module, path: Path) -> None:
+        try:
+            network.load_state_dict(cls._load_state_dict(path))
+        except RuntimeError as err:  # missing/unexpected keys or shape mismatches
+            detail = str(err).splitlines()
+            raise InferenceError(
+                f"{path}: the checkpoint does not fit the configured network ({type(network).__name__}); "
+                f"check network_def (e.g. --network_def#features) against the model that was trained. "
+                f"{' '.join(line.strip() for line in detail[1:3])}"
+            ) from err
 
     @staticmethod
     def _as_zyx(value: float | Sequence[float]) -> tuple[float, float, float]:
