@@ -337,3 +337,30 @@ def test_non_mrc_name_falls_back_to_other_readers(tmp_path):
     np.save(path, np.arange(6, dtype=np.float32).reshape(2, 3))
     img = LoadImage(reader=MRCReader(), image_only=True)(path)
     np.testing.assert_array_equal(img.numpy(), torch.arange(6.0).reshape(2, 3).numpy())
+
+
+def test_metadata_survives_monai_spatial_transforms(tmp_path: Path) -> None:
+    """pixdim follows MONAI's NIfTI layout, so pads, crops and slice squeezes keep the voxel size."""
+    from monai.transforms import (
+        Compose,
+        EnsureChannelFirstd,
+        LoadImaged,
+        RandSpatialCropd,
+        SpatialPadd,
+        SqueezeDimd,
+    )
+
+    path = _write(tmp_path / "vol.mrc", _volume(np.float32))
+    pipeline = Compose(
+        [
+            LoadImaged("image", reader=MRCReader),
+            EnsureChannelFirstd("image"),
+            SpatialPadd("image", (SHAPE[0], 16, 16)),
+            RandSpatialCropd("image", (1, 8, 8)),
+            SqueezeDimd("image", dim=1),
+        ]
+    )
+    img = pipeline({"image": str(path)})["image"]
+    assert tuple(img.shape) == (1, 8, 8)
+    np.testing.assert_allclose(img.pixdim, VOXEL[1:])
+    np.testing.assert_allclose(img.meta["pixdim"][1:4], VOXEL)

@@ -342,7 +342,8 @@ def read_mrc(path: PathLike, mmap: bool = True, allow_2d: bool = False) -> tuple
         "origin": origin,
         "affine": affine,
         "original_affine": affine.copy(),
-        "pixdim": np.asarray(sizes, dtype=np.float64),
+        # NIfTI layout, as MONAI transforms expect: pixdim[0] is qfac, pixdim[1:1+ndim] the spacing
+        "pixdim": np.concatenate([[1.0], sizes, np.ones(7 - len(sizes))]),
         "spatial_shape": np.asarray(spatial),
         MetaKeys.ORIGINAL_CHANNEL_DIM: 0 if data.ndim == 4 else "no_channel",
         "filename_or_obj": str(path),
