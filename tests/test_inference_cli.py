@@ -66,12 +66,17 @@ def _cli(repo_root: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root, env=_env(repo_root), **kwargs)
 
 
-def test_inference_config_network_matches_training(repo_root: Path) -> None:
-    train = repo_root / "configs" / "train.json"
-    if not train.is_file():
-        pytest.skip("configs/train.json not there yet")
+def test_inference_config_network_matches_shipped_model(repo_root: Path) -> None:
+    """inference.json describes the network the quick overlay trains: the shipped models/model.pt."""
+    from monai.bundle import ConfigParser
+
+    trained = ConfigParser()
+    trained.read_config([str(repo_root / "configs" / f) for f in ("train.json", "quick.json")])
     inference = json.loads((repo_root / "configs" / "inference.json").read_text())
-    assert inference["network_def"] == json.loads(train.read_text())["network_def"]
+    assert inference["network_def"] == trained.get("network_def")
+    network = ConfigParser(inference).get_parsed_content("network_def")
+    state = torch.load(repo_root / "models" / "model.pt", map_location="cpu", weights_only=True)
+    network.load_state_dict(state, strict=True)
     parser = build_segmenter(repo_root, model_path=None, progress=False)
     assert parser.get_parsed_content("model_voxel_size") == 10.0  # from metadata.json (_meta_)
     assert find_bundle_config(repo_root / "configs" / "inference.json")[1] == repo_root
