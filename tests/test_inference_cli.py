@@ -20,6 +20,7 @@ from cryoet_monai import PaperUNet
 from cryoet_monai.inference import TomogramSegmenter
 from cryoet_monai.inference.cli import build_segmenter, find_bundle_config
 from cryoet_monai.io.mrc import read_mrc, save_mrc
+from cryoet_monai.metrics import confusion_matrix, mean_foreground_f1, per_class_f1
 
 FEATURES = [4, 8, 16, 32, 64]
 
@@ -163,3 +164,24 @@ def test_killed_run_leaves_no_file_under_final_name(
     assert "big_seg.mrc" not in names and "big_probs.mrc" not in names
     if sig == signal.SIGTERM:  # a clean unwind also removes the temporary files
         assert names == [] and proc.returncode != 0
+
+
+def test_shipped_model_segments_embedded_synthetic_data(tmp_path: Path, repo_root: Path) -> None:
+    """`run inference` with no --input: the shipped model segments an embedded synthetic tomogram well."""
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable, "-m", "monai.bundle", "run", "inference",
+        "--config_file", str(repo_root / "configs" / "inference.json"),
+        "--bundle_root", str(tmp_path), "--model_path", str(repo_root / "models" / "model.pt"),
+        "--output_dir", str(out), "--progress", "false",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root, env=_env(repo_root))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (datalist,) = (tmp_path / ".cache").glob("synthetic-*/datalist.json")
+    (case,) = json.loads(datalist.read_text())["validation"]
+    label, _ = read_mrc(datalist.parent / case["label"])
+    seg, meta = read_mrc(out / (Path(case["image"]).name.replace(".mrc", "_seg.mrc")))
+    assert seg.shape == label.shape and meta["voxel_size"] == (10.0, 10.0, 10.0)
+    as_batch = lambda a: torch.as_tensor(np.asarray(a, np.int64))[None, None]  # noqa: E731
+    cm = confusion_matrix(as_batch(seg), as_batch(label), num_classes=6).sum(0)
+    assert float(mean_foreground_f1(cm)) > 0.6, per_class_f1(cm)
