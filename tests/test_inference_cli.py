@@ -20,7 +20,7 @@ from cryoet_monai import PaperUNet
 from cryoet_monai.inference import TomogramSegmenter
 from cryoet_monai.inference.cli import build_segmenter, find_bundle_config
 from cryoet_monai.io.mrc import read_mrc, save_mrc
-from cryoet_monai.metrics import confusion_matrix, mean_foreground_f1, per_class_f1
+from cryoet_monai.metrics import confusion_matrix, per_class_f1
 
 FEATURES = [4, 8, 16, 32, 64]
 
@@ -184,4 +184,6 @@ def test_shipped_model_segments_embedded_synthetic_data(tmp_path: Path, repo_roo
     assert seg.shape == label.shape and meta["voxel_size"] == (10.0, 10.0, 10.0)
     as_batch = lambda a: torch.as_tensor(np.asarray(a, np.int64))[None, None]  # noqa: E731
     cm = confusion_matrix(as_batch(seg), as_batch(label), num_classes=6).sum(0)
-    assert float(mean_foreground_f1(cm)) > 0.6, per_class_f1(cm)
+    present = cm.sum(1)[1:] > 0  # foreground classes in this tomogram's ground truth
+    f1 = per_class_f1(cm)[1:][present]
+    assert len(f1) >= 3 and bool((f1 > 0.5).all()) and float(f1.mean()) > 0.65, per_class_f1(cm)
