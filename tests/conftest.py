@@ -24,3 +24,13 @@ def mrc_corpus() -> Path:
     if not MRC_CORPUS.is_dir():
         pytest.skip(f"MRC corpus not found at {MRC_CORPUS}")
     return MRC_CORPUS
+
+
+@pytest.fixture
+def single_thread():
+    """One intra-op thread for tests of many tiny forwards: on a shared, loaded CPU, OpenMP threads
+    waiting for each other make small convolutions hundreds of times slower (1.2 s vs 3 ms measured)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -29,6 +29,8 @@ FEATURES = (4, 8, 16, 32, 64)
 BF16_MAX_ABS_PROB = 0.05
 BF16_SAFE_MARGIN = 0.1
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def _net(spatial_dims: int = 2, seed: int = 0) -> PaperUNet:
     torch.manual_seed(seed)
@@ -84,16 +86,6 @@ def _whole(seg: TomogramSegmenter, path: Path, scale=(1.0, 1.0, 1.0)) -> torch.T
     vol, _ = read_mrc(path, mmap=False)
     norm = seg.normalizer.fit(vol)
     return seg.predict(norm(vol.astype(np.float32)), scale)
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """One intra-op thread: on a shared, loaded CPU, OpenMP threads waiting for each other make these
-    small convolutions hundreds of times slower (measured 1.2 s vs 3 ms per forward)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -24,21 +24,13 @@ from cryoet_monai.metrics import confusion_matrix, per_class_f1
 
 FEATURES = [4, 8, 16, 32, 64]
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def _volume(shape, seed: int = 0) -> np.ndarray:
     from cryoet_monai.data.synthetic import generate_tomogram
 
     return generate_tomogram(shape=shape, voxel_size=10.0, seed=seed)[0]
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """One intra-op thread: on a shared, loaded CPU, OpenMP threads waiting for each other make these
-    small convolutions hundreds of times slower (measured 1.2 s vs 3 ms per forward)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
