@@ -253,3 +253,15 @@ def test_cli_writes_pairs_and_datalist(tmp_path: Path, capsys):
     assert main(["synth", str(tmp_path / "bad"), "--n", "0"]) == 2
     assert "at least one tomogram" in capsys.readouterr().err
     assert not (tmp_path / "bad" / "datalist.json").exists()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"shape": (0, 32, 32)}, {"voxel_size": 0.0}, {"voxel_size": float("nan")}, {"snr": -1.0},
+     {"tilt_range": (60.0, -60.0)}],
+)  # fmt: skip
+def test_bad_options_are_refused_before_anything_is_written(tmp_path, bad) -> None:
+    kwargs = {"shape": (8, 32, 32), "voxel_size": 10.0, **bad}
+    with pytest.raises(SyntheticDataError):
+        write_synthetic_dataset(tmp_path / "out", n=1, **kwargs)
+    assert not (tmp_path / "out").exists()

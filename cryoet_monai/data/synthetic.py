@@ -365,6 +365,20 @@ def _paint_carbon(cv: Canvas, rng: np.random.Generator) -> dict[str, Any]:
             "hole_radius": radius}
 
 
+def _check_shape(shape: Sequence[int]) -> tuple[int, int, int]:
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3 or min(shape) < 4:
+        raise SyntheticDataError(f"shape {shape}: need three sizes (Z, Y, X) of at least 4 voxels")
+    return shape  # type: ignore[return-value]
+
+
+def _check_voxel_size(voxel_size: float) -> float:
+    vs = float(voxel_size)
+    if not 1.0 <= vs <= 100.0:  # also refuses NaN
+        raise SyntheticDataError(f"voxel_size {vs} Å: expected 1-100 Å")
+    return vs
+
+
 def generate_tomogram(
     shape: Sequence[int] = (64, 256, 256),
     voxel_size: float | None = 10.0,
@@ -393,14 +407,10 @@ def generate_tomogram(
         raw polarity (dense dark, unless ``invert=True``), and uint8 ``(Z, Y, X)`` labels
         0-5 (:data:`cryoet_monai.CLASS_NAMES`); plus the info dict when ``return_info``.
     """
-    shape = tuple(int(s) for s in shape)
-    if len(shape) != 3 or min(shape) < 4:
-        raise SyntheticDataError(f"shape {shape}: need three sizes (Z, Y, X) of at least 4 voxels")
+    shape = _check_shape(shape)
     rng = np.random.default_rng(np.random.SeedSequence(int(seed)))
     vs_draw = _uniform(rng, 5.0, 20.0)
-    vs = vs_draw if voxel_size is None else float(voxel_size)
-    if not 1.0 <= vs <= 100.0:
-        raise SyntheticDataError(f"voxel_size {vs} Å: expected 1-100 Å")
+    vs = _check_voxel_size(vs_draw if voxel_size is None else voxel_size)
     scene, imaging = sample_params(rng, vs, **options)
     t0 = time.perf_counter()
     cv, slab, info = build_phantom(shape, vs, scene, imaging, rng)
@@ -505,7 +515,10 @@ def write_synthetic_dataset(
         )
     if storage_dtype != "random" and storage_dtype not in STORAGE_DTYPES:
         raise SyntheticDataError(f"{out}: storage_dtype {storage_dtype!r} not in {STORAGE_DTYPES}/'random'")
-    shape = [int(s) for s in shape]
+    # refuse bad shapes, voxel sizes and options before anything is written
+    shape = list(_check_shape(shape))
+    for vs in voxel_size_range if randomize_voxel_size else (voxel_size,):
+        sample_params(np.random.default_rng(0), _check_voxel_size(vs), **options)
     params = {
         "generator_version": GENERATOR_VERSION,
         "n": n,
