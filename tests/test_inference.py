@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from scipy import ndimage
 
 from cryoet_monai import PaperUNet
 from cryoet_monai.data.synthetic import generate_tomogram
+from cryoet_monai.engines.data import write_datalist
 from cryoet_monai.inference import (
     InferenceError,
     TomogramSegmenter,
@@ -21,7 +23,7 @@ from cryoet_monai.inference import (
     remove_small_components,
     shard,
 )
-from cryoet_monai.io.mrc import read_mrc, save_mrc
+from cryoet_monai.io.mrc import is_mrc_path, mrc_stem, read_mrc, save_mrc
 
 FEATURES = (4, 8, 16, 32, 64)
 # documented bf16-vs-fp32 tolerance (docs/inference.md): probabilities within 0.05, labels equal
@@ -230,7 +232,9 @@ def test_resampling_to_model_voxel_size(tmp_path: Path) -> None:
     assert agree > 0.88 and agree > agree_raw + 0.08  # measured: 0.92 vs 0.80
 
 
-def test_bad_files_are_reported_and_skipped(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_bad_files_are_reported_and_skipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+) -> None:
     good = tmp_path / "good.mrc"
     save_mrc(good, _smooth((4, 32, 32)), voxel_size=10.0)
     garbage = tmp_path / "garbage.mrc"
@@ -252,8 +256,12 @@ def test_bad_files_are_reported_and_skipped(tmp_path: Path, capsys: pytest.Captu
         assert name in by_name[name]["error"]
     assert "voxel size" in by_name["novoxel.mrc"]["error"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good_seg.mrc"]
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert out.count("ERROR") == 4 and "good.mrc: 4x32x32" in out
+    # one line per failure: nothing about the skipped files at WARNING or above in the log
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "skipped" in r.getMessage()]
+    assert "garbage.mrc" not in captured.err
     # the user's voxel size makes the 0-voxel-size file usable
     (r,) = _segmenter(_net(), voxel_size=10.0)(novs, tmp_path / "out2")
     assert read_mrc(r["seg"])[1]["voxel_size"] == (10.0, 10.0, 10.0)
@@ -348,3 +356,105 @@ def test_checkpoint_of_another_network_is_a_clear_error(tmp_path: Path) -> None:
     torch.save(PaperUNet(2, 1, 6, features=(8, 16, 32, 64, 128)).state_dict(), path)
     with pytest.raises(InferenceError, match=r"wide\.pt: the checkpoint does not fit.*network_def"):
         _segmenter(_net(), model_path=path)
+
+
+def test_every_reader_suffix_is_found_and_named(tmp_path: Path) -> None:
+    """Folder inputs take every suffix the reader takes (+ .gz/.bz2); output names drop all of it."""
+    vol = _smooth((3, 16, 16), seed=3)
+    names = ["a.ccp4", "b.rec.bz2", "c.st.gz", "d.mrc.gz"]
+    for name in names:  # save_mrc compresses by suffix
+        save_mrc(_mkdir(tmp_path / "in") / name, vol, voxel_size=10.0)
+    (tmp_path / "in" / "notes.txt").write_text("not a tomogram")
+    assert [p.name for p in find_inputs(tmp_path / "in")] == names
+    assert [mrc_stem(n) for n in names] == ["a", "b", "c", "d"] and not is_mrc_path("notes.txt")
+    save_mrc(tmp_path / "ref.mrc", vol, voxel_size=10.0)
+    seg = _segmenter(_ConvNet())
+    (ref,) = seg(tmp_path / "ref.mrc", tmp_path / "ref")
+    results = seg(tmp_path / "in", tmp_path / "out")
+    assert all("error" not in r for r in results)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "a_seg.mrc",
+        "b_seg.mrc",
+        "c_seg.mrc",
+        "d_seg.mrc",
+    ]
+    expected = np.asarray(read_mrc(ref["seg"])[0])
+    for r in results:
+        np.testing.assert_array_equal(np.asarray(read_mrc(r["seg"])[0]), expected)
+    # the training datalist pairs the same suffixes by the same stem
+    for folder, name in (
+        ("images", "t1.ccp4"),
+        ("images", "t2.rec.bz2"),
+        ("labels", "t1.mrc"),
+        ("labels", "t2.st.gz"),
+    ):
+        save_mrc(
+            _mkdir(tmp_path / "ds" / folder) / name,
+            vol if folder == "images" else (vol > 120).astype(np.uint8),
+        )
+    content = json.loads(write_datalist(tmp_path / "ds", val_fraction=0.5).read_text())
+    pairs = sorted((e["image"], e["label"]) for e in content["training"] + content["validation"])
+    assert pairs == [("images/t1.ccp4", "labels/t1.mrc"), ("images/t2.rec.bz2", "labels/t2.st.gz")]
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def test_output_name_collisions_are_refused_before_writing(tmp_path: Path) -> None:
+    for name in ("a/tomo.mrc", "b/tomo.mrc", "c/x.mrc", "c/x.rec"):
+        save_mrc(_mkdir((tmp_path / name).parent) / Path(name).name, _smooth((2, 16, 16)), voxel_size=10.0)
+    seg = _segmenter(_ConvNet())
+    out = tmp_path / "out"
+    with pytest.raises(InferenceError, match=r"tomo_seg\.mrc <- .*a/tomo\.mrc, .*b/tomo\.mrc"):
+        seg([tmp_path / "a" / "tomo.mrc", tmp_path / "b" / "tomo.mrc"], out)
+    with pytest.raises(InferenceError, match=r"x_seg\.mrc <- .*c/x\.mrc, .*c/x\.rec"):
+        seg(tmp_path / "c", out)
+    assert not out.exists()
+    # the same file under two spellings is not a clash
+    results = seg([tmp_path / "a" / "tomo.mrc", tmp_path / "b" / ".." / "a" / "tomo.mrc"], out)
+    assert [p.name for p in out.iterdir()] == ["tomo_seg.mrc"] and all("error" not in r for r in results)
+
+
+def test_empty_folder_and_unmatched_glob_are_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    empty = _mkdir(tmp_path / "empty")
+    (empty / "readme.txt").write_text("no tomograms here")
+    pattern = str(tmp_path / "nothing*.mrc")
+    assert find_inputs([empty, pattern]) == [empty, Path(pattern)]
+    good = tmp_path / "good.mrc"
+    save_mrc(good, _smooth((2, 16, 16)), voxel_size=10.0)
+    seg = _segmenter(_ConvNet())
+    results = seg([empty, good, pattern], tmp_path / "out")
+    errors = {r["input"]: r["error"] for r in results if "error" in r}
+    assert "folder contains no MRC tomograms" in errors[str(empty)]
+    assert "no file matches this pattern" in errors[pattern]
+    assert [Path(r["input"]).name for r in results if "error" not in r] == ["good.mrc"]
+    assert capsys.readouterr().out.count("ERROR  skipped") == 2
+    with pytest.raises(InferenceError, match="no tomogram could be segmented"):
+        seg(empty, tmp_path / "out2")
+    with pytest.raises(InferenceError, match="no input tomograms"):
+        seg([], tmp_path / "out3")
+
+
+@pytest.mark.parametrize(
+    "voxel_size", [0.0, -10.0, float("nan"), float("inf"), (10.0, 0.0, 10.0), (1.0, 2.0)]
+)
+def test_bad_voxel_size_is_refused(voxel_size) -> None:
+    match = "one value or" if voxel_size == (1.0, 2.0) else "positive and finite"
+    with pytest.raises(InferenceError, match=match):
+        _segmenter(_ConvNet(), voxel_size=voxel_size)
+
+
+def test_bad_options_are_refused_with_clear_errors() -> None:
+    with pytest.raises(ValueError, match=r"overlap must be in \[0, 1\)"):
+        _segmenter(_ConvNet(), overlap=1.5)
+    with pytest.raises(ValueError, match="tta must be a count of 1 to 8"):
+        _segmenter(_ConvNet(), tta=20)
+    with pytest.raises(ValueError, match="roi_size .* must have 1 or 2 entries"):
+        _segmenter(_ConvNet(), roi_size=(32, 32, 32))
+    assert _segmenter(_ConvNet(), roi_size=[32]).roi_size == (32, 32)
+    assert _segmenter(_ConvNet(), tta=False).predictor is not None
+    if not torch.cuda.is_available():
+        with pytest.raises(InferenceError, match="CUDA requested .* but torch has no CUDA device"):
+            _segmenter(_ConvNet(), device="cuda")

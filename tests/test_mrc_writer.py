@@ -15,6 +15,8 @@ from monai.transforms import LoadImage, SaveImage, SaveImaged
 import cryoet_monai.io.mrc as mrc_module
 from cryoet_monai.io.mrc import (
     MRCFormatError,
+    MRCOutputExistsError,
+    MRCOutputFolderError,
     MRCReader,
     MRCTruncatedError,
     MRCWriter,
@@ -177,8 +179,12 @@ def test_bad_writes_refused(tmp_path):
         save_mrc(target, np.zeros(SHAPE, np.complex64))
     with pytest.raises(MRCFormatError, match=r"voxel_size must be one number or \(z, y, x\)"):
         save_mrc(target, np.zeros(SHAPE, np.float32), voxel_size=(1.0, 2.0))
-    with pytest.raises(MRCTruncatedError, match="output folder"):
+    with pytest.raises(FileNotFoundError, match=r"x\.mrc: output folder .*nowhere does not exist") as info:
         save_mrc(tmp_path / "nowhere" / "x.mrc", np.zeros(SHAPE, np.float32))
+    assert isinstance(info.value, MRCOutputFolderError) and not isinstance(info.value, MRCTruncatedError)
+    with pytest.raises(MRCOutputFolderError, match="output folder"):
+        with create_mrc(tmp_path / "nowhere" / "x.mrc", SHAPE, np.float32):
+            pass
     with pytest.raises(MRCFormatError, match="uncompressed files only"):
         with create_mrc(tmp_path / "x.mrc.gz", SHAPE, np.float32):
             pass
@@ -190,8 +196,12 @@ def test_bad_writes_refused(tmp_path):
             out[2, 3, 4] = np.inf
     assert _only(tmp_path) == []
     save_mrc(target, np.zeros(SHAPE, np.float32))
-    with pytest.raises(MRCTruncatedError, match="file exists"):
+    with pytest.raises(FileExistsError, match=r"x\.mrc: file exists") as info:
         save_mrc(target, np.zeros(SHAPE, np.float32), overwrite=False)
+    assert isinstance(info.value, MRCOutputExistsError) and not isinstance(info.value, MRCTruncatedError)
+    with pytest.raises(MRCOutputExistsError, match="file exists"):
+        with create_mrc(target, SHAPE, np.float32, overwrite=False):
+            pass
 
 
 def test_mrc_writer_through_save_image(tmp_path):

@@ -19,11 +19,11 @@ from typing import Any
 
 import torch.distributed as dist
 
+from cryoet_monai.io.mrc import is_mrc_path, mrc_stem
+
 __all__ = ["DatalistError", "prepare_datalist", "write_datalist", "synthetic_cache_dir"]
 
 logger = logging.getLogger(__name__)
-
-_MRC_SUFFIXES = (".mrc", ".rec", ".map", ".st", ".mrcs", ".mrc.gz", ".mrc.bz2")
 
 
 class DatalistError(ValueError):
@@ -117,14 +117,6 @@ def prepare_datalist(
     return str(path)
 
 
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in sorted(_MRC_SUFFIXES, key=len, reverse=True):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
-
-
 def write_datalist(
     dataset_dir: str | os.PathLike,
     output_file: str | os.PathLike | None = None,
@@ -142,13 +134,13 @@ def write_datalist(
     Returns the datalist path (default ``<dataset_dir>/datalist.json``).
     """
     root = Path(dataset_dir)
-    images = sorted(p for p in (root / image_folder).glob("*") if p.name.lower().endswith(_MRC_SUFFIXES))
+    images = sorted(p for p in (root / image_folder).glob("*") if p.is_file() and is_mrc_path(p))
     if not images:
         raise DatalistError(f"{root / image_folder}: no MRC tomograms found")
-    labels = {_stem(p): p for p in (root / label_folder).glob("*") if p.name.lower().endswith(_MRC_SUFFIXES)}
+    labels = {mrc_stem(p): p for p in (root / label_folder).glob("*") if p.is_file() and is_mrc_path(p)}
     pairs = []
     for img in images:
-        lab = labels.get(_stem(img))
+        lab = labels.get(mrc_stem(img))
         if lab is None:
             raise DatalistError(f"{img}: no label volume with the same name in {root / label_folder}")
         pairs.append({"image": str(img.relative_to(root)), "label": str(lab.relative_to(root))})

@@ -39,14 +39,22 @@ from monai.inferers import SliceInferer, SlidingWindowInferer
 from cryoet_monai import CLASS_NAMES
 from cryoet_monai.inference.postprocess import remove_small_components
 from cryoet_monai.inference.predictor import WindowPredictor, fold_batch_norm, resolve_autocast_dtype
-from cryoet_monai.io.mrc import MRCFormatError, create_mrc, read_mrc, release_pages
+from cryoet_monai.io.mrc import (
+    MRC_SUFFIXES,
+    MRCFormatError,
+    create_mrc,
+    is_mrc_path,
+    mrc_stem,
+    read_mrc,
+    release_pages,
+)
 from cryoet_monai.transforms.intensity import NonFiniteIntensityError, RobustNormalizeIntensity
 
 __all__ = ["InferenceError", "TomogramSegmenter", "find_inputs", "output_stem", "shard"]
 
 logger = logging.getLogger(__name__)
 
-MRC_SUFFIXES = (".mrc", ".rec", ".map", ".mrcs", ".st", ".ali", ".mrc.gz", ".mrc.bz2", ".rec.gz", ".map.gz")
+_GLOB_CHARS = "*?["
 
 
 class InferenceError(ValueError):
@@ -54,16 +62,13 @@ class InferenceError(ValueError):
 
 
 def output_stem(path: str | os.PathLike) -> str:
-    """``/data/tomo_01.mrc.gz`` -> ``tomo_01``: the file name without its MRC suffix(es)."""
-    name = Path(path).name
-    for suffix in sorted(MRC_SUFFIXES, key=len, reverse=True):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
+    """``/data/tomo_01.rec.bz2`` -> ``tomo_01``: the file name without its MRC suffix(es)
+    (:func:`cryoet_monai.io.mrc.mrc_stem`)."""
+    return mrc_stem(path)
 
 
 def _is_mrc(path: Path) -> bool:
-    return path.is_file() and any(path.name.lower().endswith(s) for s in MRC_SUFFIXES)
+    return path.is_file() and is_mrc_path(path)
 
 
 def _from_datalist(path: Path) -> list[Path]:
@@ -94,11 +99,12 @@ def _from_datalist(path: Path) -> list[Path]:
 def find_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
     """Expand ``inputs`` into a list of tomogram files, in order, without duplicates.
 
-    Each item may be an MRC file (``.mrc``, ``.rec``, ``.map``, ``.st``, ``.ali``, optionally
+    Each item may be an MRC file (:data:`cryoet_monai.io.mrc.MRC_SUFFIXES`, optionally
     ``.gz``/``.bz2``), a glob pattern, a folder (its MRC files, sorted) or a decathlon-style datalist
     ``.json`` (its ``"test"`` list, else ``"validation"``/``"training"``; paths relative to the
     datalist's folder).
-    A path that matches nothing is still returned, so that it is reported as unreadable later.
+    A path that matches nothing (a missing file, a folder without MRC files, a glob pattern without
+    matches) is still returned, so that it is reported as unreadable later.
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -107,11 +113,11 @@ def find_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list
         text = os.fspath(item)
         path = Path(text).expanduser()
         if path.is_dir():
-            found += sorted(p for p in path.iterdir() if _is_mrc(p))
+            found += sorted(p for p in path.iterdir() if _is_mrc(p)) or [path]
         elif path.suffix.lower() == ".json":
             found += _from_datalist(path)
-        elif any(ch in text for ch in "*?[") and not path.exists():
-            found += sorted(Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True))
+        elif any(ch in text for ch in _GLOB_CHARS) and not path.exists():
+            found += sorted(Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True)) or [path]
         else:
             found.append(path)
     unique: dict[str, Path] = {}
@@ -220,6 +226,18 @@ class TomogramSegmenter:
         overwrite: bool = True,
     ) -> None:
         self.device = _default_device() if device in (None, "auto") else torch.device(device)
+        if self.device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise InferenceError(f"CUDA requested (device {device!r}) but torch has no CUDA device.")
+            if self.device.index is not None and self.device.index >= torch.cuda.device_count():
+                raise InferenceError(
+                    f"device {device!r} requested but torch sees {torch.cuda.device_count()} CUDA device(s)."
+                )
+        if not 0.0 <= float(overlap) < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {overlap!r}.")
+        n_tta = 8 if tta is True else (int(tta) if tta else 1)
+        if not 1 <= n_tta <= 8:
+            raise ValueError(f"tta must be a count of 1 to 8 flips/rotations, got {tta!r}.")
         self.spatial_dims = self._spatial_dims(network)
         if model_path is not None:
             self._load_weights(network, Path(model_path))
@@ -235,15 +253,15 @@ class TomogramSegmenter:
         # keep size_divisible visible through the compile wrapper
         model.size_divisible = int(getattr(network, "size_divisible", 16))
         self.autocast_dtype = resolve_autocast_dtype(precision, self.device)
-        n_tta = 8 if tta is True else max(1, int(tta))
         self.predictor = WindowPredictor(model, self.device, self.autocast_dtype, channels_last, n_tta)
 
-        roi = (
-            (roi_size,) * self.spatial_dims if isinstance(roi_size, int) else tuple(int(r) for r in roi_size)
-        )
+        roi = (roi_size,) if isinstance(roi_size, int) else tuple(int(r) for r in roi_size)
+        if len(roi) == 1:  # one value: the same size along every axis
+            roi = roi * self.spatial_dims
         if len(roi) != self.spatial_dims:
             raise ValueError(
-                f"roi_size {roi} must have {self.spatial_dims} entries for a {self.spatial_dims}-D model."
+                f"roi_size {roi} must have 1 or {self.spatial_dims} entries "
+                f"for a {self.spatial_dims}-D model."
             )
         self.roi_size = roi
         self.overlap = float(overlap)
@@ -283,7 +301,11 @@ class TomogramSegmenter:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises many types for a corrupt file
-            raise InferenceError(f"{path}: cannot load the model checkpoint ({err}).") from err
+            detail = (str(err).strip().splitlines() or [""])[0]
+            raise InferenceError(
+                f"{path}: cannot load the model checkpoint; not a PyTorch file or corrupt "
+                f"({type(err).__name__}: {detail})."
+            ) from err
         for key in ("state_dict", "network", "model"):  # also accept CheckpointSaver-style dicts
             if isinstance(state, dict) and isinstance(state.get(key), dict):
                 state = state[key]
@@ -305,13 +327,14 @@ class TomogramSegmenter:
 
     @staticmethod
     def _as_zyx(value: float | Sequence[float]) -> tuple[float, float, float]:
-        if isinstance(value, (int, float)):
-            return (float(value),) * 3
-        v = tuple(float(x) for x in value)
+        v = (float(value),) if isinstance(value, (int, float)) else tuple(float(x) for x in value)
         if len(v) == 1:
-            return v * 3
+            v = v * 3
         if len(v) != 3:
-            raise ValueError(f"voxel size must be one value or (z, y, x), got {value!r}.")
+            raise InferenceError(f"voxel size must be one value or (z, y, x), got {value!r}.")
+        if not all(math.isfinite(x) and x > 0 for x in v):
+            # a zero/negative size would resample the tomogram to nothing: an all-background output
+            raise InferenceError(f"voxel size must be positive and finite (Å), got {value!r}.")
         return v  # type: ignore[return-value]
 
     def _scale(self, voxel_size: tuple[float, float, float]) -> tuple[float, float, float]:
@@ -426,6 +449,12 @@ class TomogramSegmenter:
         """
         path = Path(path)
         t0 = time.perf_counter()
+        if path.is_dir():
+            raise InferenceError(
+                f"{path}: folder contains no MRC tomograms (*.{{{','.join(MRC_SUFFIXES)}}}[.gz|.bz2])."
+            )
+        if not path.exists() and any(ch in str(path) for ch in _GLOB_CHARS):
+            raise InferenceError(f"{path}: no file matches this pattern.")
         volume, meta = read_mrc(path, mmap=True)
         voxel_size = self._check(volume, meta, path)
         origin = tuple(float(v) for v in meta.get("origin", (0.0, 0.0, 0.0)))
@@ -553,16 +582,21 @@ class TomogramSegmenter:
         """Segment every tomogram of ``inputs`` (see :func:`find_inputs`; sharded over ``torchrun`` ranks).
 
         A file that fails is reported (logged, and ``"error"`` in its result) and skipped; the others are
-        still segmented. Raises :class:`InferenceError` only when no input could be segmented.
+        still segmented. Raises :class:`InferenceError` before starting when there is no input or two inputs
+        would write the same output file, and at the end when no input could be segmented.
         """
-        files = shard(find_inputs(inputs))
+        every = find_inputs(inputs)
+        if not every:
+            raise InferenceError(f"no input tomograms given ({inputs!r}).")
+        self.check_output_names(every, output_dir)
+        files = shard(every)
         results: list[dict[str, Any]] = []
         for path in files:
             try:
                 result = self.segment(path, output_dir)
             except (InferenceError, MRCFormatError, NonFiniteIntensityError, OSError) as err:
                 message = str(err) if str(path) in str(err) else f"{path}: {err}"
-                logger.error("skipped %s", message)
+                logger.debug("skipped %s", message, exc_info=True)  # the terminal gets the line below
                 print(f"ERROR  skipped {message}", flush=True)
                 results.append({"input": str(path), "error": message})
                 continue
@@ -571,6 +605,22 @@ class TomogramSegmenter:
         if files and all("error" in r for r in results):
             raise InferenceError(f"no tomogram could be segmented ({len(files)} failed).")
         return results
+
+    def check_output_names(self, files: Sequence[str | os.PathLike], output_dir: str | os.PathLike) -> None:
+        """Raise :class:`InferenceError` when two different inputs would write the same output file
+        (``a/tomo.mrc`` and ``b/tomo.mrc``, or ``tomo.mrc`` and ``tomo.rec``), before anything is written."""
+        owners: dict[Path, list[Path]] = {}
+        for f in files:
+            owners.setdefault(self.output_paths(f, output_dir)["seg"], []).append(Path(f))
+        clashes = []
+        for out, sources in owners.items():
+            if len({os.path.realpath(s) for s in sources}) > 1:
+                clashes.append(f"{out.name} <- {', '.join(str(s) for s in sources)}")
+        if clashes:
+            raise InferenceError(
+                f"inputs with the same name would overwrite each other's outputs in {output_dir}: "
+                f"{'; '.join(clashes)}. Segment them into different output folders (-o)."
+            )
 
     @staticmethod
     def summary(result: dict[str, Any]) -> str:

@@ -38,10 +38,15 @@ __all__ = [
     "MRC_SUFFIXES",
     "MRCFormatError",
     "MRCTruncatedError",
+    "MRCWriteError",
+    "MRCOutputExistsError",
+    "MRCOutputFolderError",
     "MRCReader",
     "MRCWriter",
     "create_mrc",
+    "is_mrc_path",
     "mrc_mode_for",
+    "mrc_stem",
     "read_mrc",
     "release_pages",
     "save_mrc",
@@ -66,6 +71,51 @@ class MRCFormatError(ValueError):
 
 class MRCTruncatedError(MRCFormatError, OSError):
     """The file is empty, truncated or cannot be read (also an ``OSError``)."""
+
+
+class MRCWriteError(OSError):
+    """An MRC output cannot be written where asked; the message names the file and the problem."""
+
+
+class MRCOutputExistsError(MRCWriteError, FileExistsError):
+    """The output file exists and ``overwrite=False``."""
+
+
+class MRCOutputFolderError(MRCWriteError, FileNotFoundError):
+    """The output file's folder does not exist."""
+
+
+_COMPRESSED_SUFFIXES = (".gz", ".bz2")
+
+
+def _split_mrc_name(path: PathLike) -> tuple[str, str | None]:
+    """``(stem, mrc suffix or None)`` of a file name, after dropping a ``.gz`` / ``.bz2`` suffix."""
+    name = Path(path).name
+    for comp in _COMPRESSED_SUFFIXES:
+        if name.lower().endswith(comp):
+            name = name[: -len(comp)]
+            break
+    stem, dot, suffix = name.rpartition(".")
+    if dot and stem and suffix.lower() in MRC_SUFFIXES:
+        return stem, suffix
+    return name, None
+
+
+def is_mrc_path(path: PathLike) -> bool:
+    """Whether ``path`` has an MRC file name (:data:`MRC_SUFFIXES`, optionally + ``.gz`` / ``.bz2``).
+
+    Only the name is checked, not the file.
+    """
+    return _split_mrc_name(path)[1] is not None
+
+
+def mrc_stem(path: PathLike) -> str:
+    """``/data/tomo_01.rec.bz2`` -> ``tomo_01``: the file name without ``.gz``/``.bz2`` and its MRC suffix.
+
+    A name without an MRC suffix loses its last suffix (``a.tif`` -> ``a``).
+    """
+    stem, suffix = _split_mrc_name(path)
+    return stem if suffix is not None else Path(stem).stem
 
 
 # ----------------------------------------------------------------------------------------------
@@ -573,9 +623,9 @@ def _compression_for(path: Path) -> str | None:
 
 def _check_target(path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
-        raise MRCTruncatedError(f"{path}: file exists (overwrite=False)")
+        raise MRCOutputExistsError(f"{path}: file exists (overwrite=False)")
     if not path.parent.is_dir():
-        raise MRCTruncatedError(f"{path}: output folder {path.parent} does not exist")
+        raise MRCOutputFolderError(f"{path}: output folder {path.parent} does not exist")
 
 
 def _check_shape(shape: Sequence[int], path: Path) -> tuple[int, ...]:
