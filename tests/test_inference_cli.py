@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,7 +19,7 @@ import torch
 
 from cryoet_monai import PaperUNet
 from cryoet_monai.inference import TomogramSegmenter
-from cryoet_monai.inference.cli import build_segmenter, find_bundle_config
+from cryoet_monai.inference.cli import build_segmenter, find_bundle_config, main
 from cryoet_monai.io.mrc import read_mrc, save_mrc
 from cryoet_monai.metrics import confusion_matrix, per_class_f1
 
@@ -89,6 +90,7 @@ def test_cli_segments_list_and_skips_bad_file(tmp_path: Path, tiny_bundle: Path,
     )  # fmt: skip
     assert proc.returncode == 1, proc.stderr
     assert "bad.mrc" in proc.stdout and "ERROR" in proc.stdout and "1 of 2 tomograms failed" in proc.stderr
+    assert (proc.stdout + proc.stderr).count("bad.mrc") == 1  # one line per failed file
     assert "good.mrc: 6x48x40" in proc.stdout and "background" in proc.stdout
     assert sorted(p.name for p in out.iterdir()) == ["good_seg.mrc", "good_uncertainty.mrc"]
     labels, meta = read_mrc(out / "good_seg.mrc")
@@ -179,3 +181,84 @@ def test_shipped_model_segments_embedded_synthetic_data(tmp_path: Path, repo_roo
     present = cm.sum(1)[1:] > 0  # foreground classes in this tomogram's ground truth
     f1 = per_class_f1(cm)[1:][present]
     assert len(f1) >= 3 and bool((f1 > 0.5).all()) and float(f1.mean()) > 0.65, per_class_f1(cm)
+
+
+@pytest.fixture
+def cli_inputs(tmp_path: Path, tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """One small tomogram; ``main`` runs in-process (SIGTERM handler left alone)."""
+    monkeypatch.setattr(signal, "signal", lambda *args: None)
+    (tmp_path / "in").mkdir()
+    return save_mrc(tmp_path / "in" / "t.mrc", _volume((4, 32, 32)), voxel_size=10.0)
+
+
+def _main(bundle: Path, *args: str) -> int:
+    return main([*args, "--config", str(bundle), "--no-progress", "--precision", "fp32"])
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--overlap", "1.5"], "argument --overlap: must be in [0, 1), got 1.5"),
+        (["--tta-n", "20"], "argument --tta-n: must be 1..8, got 20"),
+        (["--voxel-size", "1", "2"], "argument --voxel-size: takes one value or three (z y x), got 2 values"),
+        (["--voxel-size", "0"], "argument --voxel-size: must be a positive number, got 0"),
+        (["--voxel-size", "nan"], "argument --voxel-size: must be a positive number, got nan"),
+        (["--roi-size", "8", "8", "8", "8"], "argument --roi-size: takes one value, two"),
+        (["--slab-size", "0"], "argument --slab-size: must be >= 1, got 0"),
+    ],
+)
+def test_cli_refuses_bad_options_in_argparse(
+    option, message, cli_inputs: Path, tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        _main(tiny_bundle, str(cli_inputs), "-o", str(tmp_path / "out"), *option)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_setup_errors_are_one_line(
+    cli_inputs: Path, tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Errors raised while ConfigParser builds the segmenter come out as our one-line message, exit 2."""
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"this is not a checkpoint")
+    wide = tmp_path / "wide.pt"
+    torch.save(PaperUNet(2, 1, 6, features=[8, 16, 32, 64, 128]).state_dict(), wide)
+    cases = [
+        (["--model", str(tmp_path / "missing.pt")], r"error: .*missing\.pt: model checkpoint not found\.$"),
+        (["--model", str(corrupt)], r"error: .*corrupt\.pt: cannot load the model checkpoint"),
+        (["--model", str(wide)], r"error: .*wide\.pt: the checkpoint does not fit the configured network"),
+        (["--roi-size", "16", "16", "16"], r"error: roi_size \(16, 16, 16\) must have 1 or 2 entries"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["--device", "cuda"], r"error: CUDA requested .* but torch has no CUDA device\.$"))
+    for option, pattern in cases:
+        code = _main(tiny_bundle, str(cli_inputs), "-o", str(tmp_path / "out"), *option)
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and re.match(pattern, lines[0]), (option, lines)
+    assert not (tmp_path / "out").exists()
+    # one roi value is the same size along both axes of the 2-D model
+    assert _main(tiny_bundle, str(cli_inputs), "-o", str(tmp_path / "out"), "--roi-size", "16") == 0
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["t_seg.mrc"]
+
+
+def test_cli_reports_clashes_and_empty_inputs(
+    cli_inputs: Path, tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    other = tmp_path / "other" / "t.rec"
+    other.parent.mkdir()
+    shutil.copy(cli_inputs, other)
+    out = tmp_path / "out"
+    assert _main(tiny_bundle, str(cli_inputs), str(other), "-o", str(out)) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "t_seg.mrc <- " in err[0] and "t.mrc" in err[0] and "t.rec" in err[0]
+    assert not out.exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _main(tiny_bundle, str(empty), str(tmp_path / "no*.mrc"), "-o", str(out)) == 1
+    captured = capsys.readouterr()
+    assert f"ERROR  skipped {empty}: folder contains no MRC tomograms" in captured.out
+    assert "no*.mrc: no file matches this pattern" in captured.out
+    assert "no tomogram could be segmented" in captured.err

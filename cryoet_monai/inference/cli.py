@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
@@ -62,12 +63,64 @@ def build_segmenter(config: str | os.PathLike | None = None, **overrides: Any) -
     return parser
 
 
-def _voxel_size(values: list[float] | None) -> float | list[float] | None:
-    if values is None:
-        return None
-    if len(values) not in (1, 3):
-        raise argparse.ArgumentTypeError("--voxel-size takes one value or three (z y x)")
-    return values[0] if len(values) == 1 else values
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _overlap(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def _int_range(lo: int, hi: int | None = None) -> Any:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(
+                f"must be {lo}..{hi}, got {text}" if hi is not None else f"must be >= {lo}, got {text}"
+            )
+        return value
+
+    parse.__name__ = "int"  # argparse names the type in "invalid int value"
+    return parse
+
+
+def _count_action(counts: tuple[int, ...], what: str) -> type[argparse.Action]:
+    """An ``nargs="+"`` action that accepts only ``counts`` values (``parser.error`` otherwise)."""
+
+    class CountAction(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            if len(values) not in counts:
+                parser.error(f"argument {option_string}: takes {what}, got {len(values)} values")
+            setattr(namespace, self.dest, values[0] if len(values) == 1 else list(values))
+
+    return CountAction
+
+
+def _innermost_error(err: BaseException) -> BaseException:
+    """The innermost of our exceptions (InferenceError, MRCFormatError, ValueError, OSError) in the
+    ``__cause__`` / ``__context__`` chain: MONAI's ConfigParser wraps what ``TomogramSegmenter``
+    raises in ``RuntimeError("Failed to instantiate ...")``. Falls back to the innermost exception."""
+    chain, seen = [], set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    ours = [e for e in chain if isinstance(e, (ValueError, OSError))]
+    return ours[-1] if ours else chain[-1]
+
+
+def _error_line(err: BaseException) -> str:
+    message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if isinstance(err, (ValueError, OSError)):
+        return f"error: {message}"
+    return f"error: {type(err).__name__}: {message}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     }
     overrides.update({k: v for k, v in optional.items() if v is not None})
     if args.voxel_size is not None:
-        overrides["voxel_size"] = _voxel_size(args.voxel_size)
+        overrides["voxel_size"] = args.voxel_size
     if args.tta_n is not None or args.tta is not None:
         overrides["tta"] = args.tta_n if args.tta_n is not None else args.tta
     for flag, key in (("probs", "save_probs"), ("uncertainty", "save_uncertainty"), ("compile", "compile")):
@@ -104,8 +157,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         parser = build_segmenter(args.config, **overrides)
         segmenter = parser.get_parsed_content("segmenter")
-        results = segmenter(parser.get_parsed_content("input"), parser.get_parsed_content("output_dir"))
-    except (InferenceError, FileNotFoundError) as err:
+        inputs, output_dir = parser.get_parsed_content("input"), parser.get_parsed_content("output_dir")
+    except (RuntimeError, ValueError, AssertionError, OSError) as err:
+        # a bad option or model: one line, not ConfigParser's chain of wrapped tracebacks
+        print(_error_line(_innermost_error(err)), file=sys.stderr)
+        return 2
+    try:
+        results = segmenter(inputs, output_dir)
+    except InferenceError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     failed = [r for r in results if "error" in r]
@@ -132,22 +191,34 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--tta", action="store_const", const=8, help="test-time augmentation: 8 in-plane flips/rotations"
     )
     p.add_argument(
-        "--tta-n", type=int, metavar="N", help="test-time augmentation with the first N (1-8) of them"
+        "--tta-n",
+        type=_int_range(1, 8),
+        metavar="N",
+        help="test-time augmentation with the first N (1-8) of them",
     )
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: the GPU of this rank if any, else cpu)")
-    p.add_argument("--batch-size", type=int, help="windows (slices) per forward pass")
+    p.add_argument("--batch-size", type=_int_range(1), help="windows (slices) per forward pass")
     p.add_argument(
         "--voxel-size",
-        type=float,
+        type=_positive_float,
         nargs="+",
+        action=_count_action((1, 3), "one value or three (z y x)"),
         metavar="A",
         help="voxel size in Å (one value or z y x), overriding the file headers",
     )
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="compute precision")
-    p.add_argument("--roi-size", type=int, nargs="+", help="window size, e.g. 512 512 (-1 -1: whole slices)")
-    p.add_argument("--overlap", type=float, help="sliding-window overlap (0..1)")
-    p.add_argument("--slab-size", type=int, help="z-slices read and predicted at a time")
-    p.add_argument("--min-size", type=int, help="drop connected components smaller than this (voxels)")
+    p.add_argument(
+        "--roi-size",
+        type=int,
+        nargs="+",
+        action=_count_action((1, 2, 3), "one value, two (y x, 2-D models) or three (z y x, 3-D models)"),
+        help="window size, e.g. 512 512 (-1 -1: whole slices)",
+    )
+    p.add_argument("--overlap", type=_overlap, help="sliding-window overlap, 0 <= overlap < 1")
+    p.add_argument("--slab-size", type=_int_range(1), help="z-slices read and predicted at a time")
+    p.add_argument(
+        "--min-size", type=_int_range(0), help="drop connected components smaller than this (voxels)"
+    )
     p.add_argument("--probs", action="store_true", help="also write <name>_probs.mrc (float16, 6 channels)")
     p.add_argument("--uncertainty", action="store_true", help="also write <name>_uncertainty.mrc (entropy)")
     p.add_argument("--no-resample", action="store_true", help="never resample to the model's voxel size")
