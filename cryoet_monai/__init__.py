@@ -40,6 +40,9 @@ _EXPORTS: dict[str, str] = {
     "read_mrc": "cryoet_monai.io.mrc",
     "create_mrc": "cryoet_monai.io.mrc",
     "MRCTruncatedError": "cryoet_monai.io.mrc",
+    "MRCWriteError": "cryoet_monai.io.mrc",
+    "is_mrc_path": "cryoet_monai.io.mrc",
+    "mrc_stem": "cryoet_monai.io.mrc",
     # transforms
     "RobustNormalizeIntensity": "cryoet_monai.transforms.intensity",
     "RobustNormalizeIntensityd": "cryoet_monai.transforms.intensity",
