@@ -289,7 +289,7 @@ def test_prepare_datalist_uses_existing_and_generates_synthetic(tmp_path, caplog
     assert prepare_datalist(datalist, tmp_path / "cache") == str(datalist)
     assert not (tmp_path / "cache").exists()
 
-    caplog.set_level(logging.INFO, logger="cryoet_monai.engines.data")
+    caplog.set_level(logging.INFO, logger="cryoet_monai")
     missing = tmp_path / "nowhere" / "datalist.json"
     generated = Path(prepare_datalist(missing, tmp_path / "cache", n_tomograms=3, shape=(8, 32, 32)))
     assert "generating 3 synthetic tomograms" in caplog.text

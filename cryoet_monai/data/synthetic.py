@@ -18,6 +18,7 @@ wall, everything outside the ice slab is background.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -41,6 +42,8 @@ __all__ = [
     "generate_tomogram",
     "write_synthetic_dataset",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: bumped whenever the generated data change, so cached datasets are regenerated
 GENERATOR_VERSION = "2"
@@ -544,6 +547,13 @@ def write_synthetic_dataset(
             return datalist_path
     if out.exists() and not out.is_dir():
         raise SyntheticDataError(f"{out}: exists and is not a folder")
+    logger.info(
+        "generating %d synthetic tomograms of shape %s (%s) into %s",
+        n,
+        tuple(shape),
+        "random voxel sizes" if randomize_voxel_size else f"{float(voxel_size):.1f} A voxels",
+        out,
+    )
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(parents=True, exist_ok=True)
     for stale in (datalist_path, record_path):  # an interrupted run must not look complete

@@ -55,18 +55,9 @@ def _generate(
 ) -> Path:
     from cryoet_monai.data.synthetic import write_synthetic_dataset
 
-    datalist = out_dir / "datalist.json"
-    if datalist.is_file():
-        logger.info("using cached synthetic dataset %s", datalist)
-        return datalist
-    logger.warning(
-        "no datalist given: generating %d synthetic tomograms of shape %s (%.1f A voxels) into %s",
-        n,
-        tuple(shape),
-        voxel_size,
-        out_dir,
-    )
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # write_synthetic_dataset reuses the folder only while its recorded parameters and generator
+    # version match, and logs when it generates
+    logger.info("no datalist given: using the embedded synthetic dataset in %s", out_dir)
     return Path(
         write_synthetic_dataset(out_dir, n=n, shape=tuple(shape), voxel_size=voxel_size, seed=seed, **options)
     )
