@@ -127,18 +127,25 @@ def step_gemm(args: argparse.Namespace) -> dict:
     return out
 
 
-def step_ours(args: argparse.Namespace) -> dict:
+def _segmenter(args: argparse.Namespace, features, all_outputs: bool = False):
+    """Pipeline (a) with this run's device, precision and batching."""
     from cryoet_monai.inference import TomogramSegmenter
 
-    seg = TomogramSegmenter(
-        _network(args.features),
+    return TomogramSegmenter(
+        _network(features),
         device=args.device,
         precision=args.precision,
         sw_batch_size=args.batch_size,
         slab_size=args.slab_size,
         model_voxel_size=args.voxel_size,
+        save_probs=all_outputs,
+        save_uncertainty=all_outputs,
         progress=False,
     )
+
+
+def step_ours(args: argparse.Namespace) -> dict:
+    seg = _segmenter(args, args.features)
     # warm-up on one slab-sized tomogram (oneDNN primitive creation), not timed
     warm = Path(args.tmp) / "warm.mrc"
     write_tomogram(warm, (2, args.size, args.size), args.voxel_size)
@@ -171,19 +178,7 @@ def step_seed(args: argparse.Namespace) -> dict:
 
 def step_rss(args: argparse.Namespace) -> dict:
     """Stream a big tomogram through the pipeline with a narrow network; report time and peak RSS."""
-    from cryoet_monai.inference import TomogramSegmenter
-
-    seg = TomogramSegmenter(
-        _network(CHEAP_FEATURES),
-        device=args.device,
-        precision=args.precision,
-        sw_batch_size=args.batch_size,
-        slab_size=args.slab_size,
-        model_voxel_size=args.voxel_size,
-        save_probs=args.all_outputs,
-        save_uncertainty=args.all_outputs,
-        progress=False,
-    )
+    seg = _segmenter(args, CHEAP_FEATURES, all_outputs=args.all_outputs)
     t = time.perf_counter()
     seg.segment(args.input, Path(args.tmp) / "rss_out")
     shutil.rmtree(Path(args.tmp) / "rss_out")

@@ -1,27 +1,7 @@
 """MONAI transforms for tomograms (array + dictionary pairs)."""
 
-from cryoet_monai.transforms.intensity import (
-    IntensityStats,
-    NonFiniteIntensityError,
-    RobustNormalizeIntensity,
-    RobustNormalizeIntensityd,
-    compute_stats,
-)
-from cryoet_monai.transforms.sampling import (
-    CropZFraction,
-    CropZFractiond,
-    SliceStride,
-    SliceStrided,
-)
+from cryoet_monai.transforms import intensity, sampling
+from cryoet_monai.transforms.intensity import *  # noqa: F403  (public names: intensity.__all__)
+from cryoet_monai.transforms.sampling import *  # noqa: F403  (public names: sampling.__all__)
 
-__all__ = [
-    "IntensityStats",
-    "NonFiniteIntensityError",
-    "RobustNormalizeIntensity",
-    "RobustNormalizeIntensityd",
-    "compute_stats",
-    "CropZFraction",
-    "CropZFractiond",
-    "SliceStride",
-    "SliceStrided",
-]
+__all__ = [*intensity.__all__, *sampling.__all__]
