@@ -15,13 +15,15 @@ from typing import Any
 import torch
 from monai.inferers import Inferer, SimpleInferer
 
+from cryoet_monai.precision import parse_bool, resolve_autocast_dtype
+
 __all__ = ["AutocastInferer", "default_autocast_dtype"]
 
 
 def default_autocast_dtype(device: str | torch.device) -> torch.dtype | None:
-    """bf16 on CPU, fp16 on CUDA; ``None`` (no autocast) on anything else."""
-    kind = torch.device(device).type
-    return {"cpu": torch.bfloat16, "cuda": torch.float16}.get(kind)
+    """The project's one precision rule (:func:`cryoet_monai.precision.resolve_autocast_dtype`,
+    "auto"): native bf16/fp16 where the hardware has it, ``None`` (fp32) otherwise."""
+    return resolve_autocast_dtype("auto", device)
 
 
 class AutocastInferer(Inferer):
@@ -31,8 +33,10 @@ class AutocastInferer(Inferer):
         inferer: the wrapped inferer (``SimpleInferer`` for training crops, ``SliceInferer`` or
             ``SlidingWindowInferer`` for whole tomograms). Default: ``SimpleInferer()``.
         device_type: ``"cpu"`` or ``"cuda"``; autocast is applied for this device type only.
-        dtype: autocast dtype; ``None`` picks bf16 on CPU and fp16 on CUDA.
-        enabled: ``False`` makes this a transparent pass-through (fp32).
+        dtype: autocast dtype; ``None`` applies the project's precision rule (native bf16 on CPUs
+            with AVX512-BF16/AMX, bf16/fp16 on CUDA, fp32 where reduced precision is emulated).
+        enabled: ``False`` makes this a transparent pass-through (fp32); strings such as
+            ``"false"`` from the command line are parsed strictly.
         channels_last: convert 4-D/5-D network inputs to channels-last memory format, which is what
             makes oneDNN's bf16 convolutions fast on CPU.
 
@@ -44,14 +48,14 @@ class AutocastInferer(Inferer):
         inferer: Inferer | None = None,
         device_type: str = "cpu",
         dtype: torch.dtype | None = None,
-        enabled: bool = True,
+        enabled: bool | str = True,
         channels_last: bool = True,
     ) -> None:
         super().__init__()
         self.inferer = inferer if inferer is not None else SimpleInferer()
         self.device_type = torch.device(device_type).type
         self.dtype = dtype if dtype is not None else default_autocast_dtype(self.device_type)
-        self.enabled = bool(enabled) and self.dtype is not None
+        self.enabled = parse_bool(enabled, "amp") and self.dtype is not None
         self.channels_last = channels_last
 
     def _wrap(self, network: Callable[..., Any]) -> Callable[..., Any]:

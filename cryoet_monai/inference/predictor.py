@@ -22,36 +22,9 @@ from monai.networks.blocks import Convolution
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from cryoet_monai.engines.inferers import AutocastInferer
+from cryoet_monai.precision import resolve_autocast_dtype
 
 __all__ = ["WindowPredictor", "fold_batch_norm", "resolve_autocast_dtype", "tta_transforms"]
-
-_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-def resolve_autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """Map ``precision`` ("auto", "fp32", "bf16", "fp16") to an autocast dtype for ``device``.
-
-    "auto" is bf16 on CPUs with native bf16 (AVX512-BF16/AMX), bf16 on CUDA GPUs that support it and
-    fp16 on older ones, fp32 (``None``) otherwise.
-    """
-    if precision not in _PRECISIONS:
-        raise ValueError(f"precision must be one of {_PRECISIONS}, got {precision!r}.")
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu":
-        try:
-            native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        except (AttributeError, RuntimeError):  # older builds without the query
-            native = False
-        return torch.bfloat16 if native else None
-    return None
-
 
 def fold_batch_norm(network: nn.Module) -> nn.Module:
     """A copy of ``network`` with eval-mode batch norms folded into the convolutions before them.
