@@ -34,7 +34,7 @@ def test_every_class_present_at_plausible_fractions():
         _, label = generate_tomogram((48, 128, 128), 10.0, seed, class_mix=ALL)
         frac = np.bincount(label.reshape(-1), minlength=6) / label.size
         assert frac.size == 6, f"labels outside 0..5: {np.unique(label)}"
-        assert frac[0] > 0.8, f"seed {seed}: background {frac[0]:.3f}"
+        assert frac[0] > 0.7, f"seed {seed}: background {frac[0]:.3f}"
         assert np.all(frac[1:] > 0.002), f"seed {seed}: a class is missing: {np.round(frac, 4)}"
         assert np.all(frac[1:] < 0.12), f"seed {seed}: a class is implausibly large: {np.round(frac, 4)}"
     # the default class mix: every class in most tomograms, carbon in some but not all
@@ -46,7 +46,7 @@ def test_every_class_present_at_plausible_fractions():
     assert 1 <= present[5] <= 7, present
 
 
-def test_microtubules_hollow_in_label_and_image():
+def test_microtubules_labelled_over_cross_section_hollow_in_image():
     shape = (64, 96, 96)
     image, label, info = generate_tomogram(
         shape, 10.0, 0, class_mix=only("microtubule"), snr=math.inf, gold=False, ice_fraction=0.95,
@@ -70,7 +70,7 @@ def test_microtubules_hollow_in_label_and_image():
                 if slab.depth(*p) < 130 or slab.depth(*wall) < 30:
                     continue
                 ia, iw = (tuple(np.rint(q / 10).astype(int)) for q in (p, wall))
-                assert label[ia] == 0, "microtubule lumen labelled"
+                assert label[ia] == 1, "microtubule lumen not labelled (annotators paint the cross-section)"
                 assert label[iw] == 1, "microtubule wall not labelled"
                 axis_vals.append(image[ia])
                 wall_vals.append(image[iw])
@@ -89,20 +89,25 @@ def _runs(values: np.ndarray, cls: int) -> list[tuple[int, int]]:
 def test_double_membrane_spacing_and_gap(voxel_size):
     rng = np.random.default_rng(3)
     scene, imaging = sample_params(rng, voxel_size, class_mix=only("double_membrane"), snr=math.inf)
-    cv, slab, info = build_phantom(SHAPE, voxel_size, scene, imaging, rng)
+    shape = (64, 160, 160)
+    cv, slab, info = build_phantom(shape, voxel_size, scene, imaging, rng)
     dm = info["double_membranes"][0]
-    assert 70.0 <= dm["spacing"] <= 100.0
+    # 6 nm (mitochondrial envelope) to 50 nm (nuclear envelope) between the bilayers
+    assert 105.0 <= dm["spacing"] <= 545.0
     # mid-surface points below labelled voxels, then walk along the normal reading labels
     vox = np.argwhere(cv.label == 3)[:: 50].astype(np.float32) * np.float32(voxel_size)
     d, n = dm["shape"].sdf(vox[:, 0], vox[:, 1], vox[:, 2], normals=True)
     normals = np.stack(n, axis=1)
     pts = vox - d[:, None] * normals
-    ext = (np.asarray(SHAPE) - 1) * voxel_size
+    ext = (np.asarray(shape) - 1) * voxel_size
     ok = np.all((pts > 100) & (pts < ext - 100), axis=1)
-    t = np.arange(-90.0, 90.5, 1.0)
+    half_span = dm["spacing"] / 2 + 60.0
+    t = np.arange(-half_span, half_span + 0.5, 1.0)
     spacings = []
     for p, n in zip(pts[ok], normals[ok]):
         idx = np.rint((p + t[:, None] * n) / voxel_size).astype(int)
+        if np.any(idx < 0) or np.any(idx >= np.asarray(shape)):
+            continue
         line = cv.label[idx[:, 0], idx[:, 1], idx[:, 2]]
         runs = _runs(line, 3)
         if len(runs) != 2:  # hidden by the missing wedge (face-on) or cut by the ice surface
@@ -111,9 +116,7 @@ def test_double_membrane_spacing_and_gap(voxel_size):
         assert b0 > a1 and np.all(line[a1:b0] == 0), "no background gap between the two bilayers"
         spacings.append((t[b0] + t[b1 - 1] - t[a0] - t[a1 - 1]) / 2)
     assert len(spacings) >= 10
-    spacing_nm = np.median(spacings) / 10
-    assert 7.0 - voxel_size / 10 <= spacing_nm <= 10.0 + voxel_size / 10, spacing_nm
-    assert abs(np.median(spacings) - dm["spacing"]) <= voxel_size
+    assert abs(np.median(spacings) - dm["spacing"]) <= voxel_size, (np.median(spacings), dm["spacing"])
 
 
 def test_membrane_labels_follow_visibility():
@@ -135,8 +138,9 @@ def test_membrane_labels_follow_visibility():
     assert not face_on.any(), f"{face_on.sum()} labelled voxels face-on to the beam"
 
 
-def _wedge_power_ratio(tilt_range) -> float:
-    image, _ = generate_tomogram((48, 48, 48), 10.0, 1, tilt_range=tilt_range, tilt_step=2.0, lowpass=30.0)
+def _wedge_power_ratio(tilt_range, mode: str = "fourier") -> float:
+    image, _ = generate_tomogram((48, 48, 48), 10.0, 1, tilt_range=tilt_range, tilt_step=2.0, lowpass=30.0,
+                                 mode=mode)
     power = np.abs(np.fft.rfftn(image)) ** 2
     kz = np.fft.fftfreq(48)[:, None, None]
     ky = np.fft.fftfreq(48)[None, :, None]
@@ -147,13 +151,46 @@ def _wedge_power_ratio(tilt_range) -> float:
     return float(power[ring & (psi > 75)].mean() / power[ring & (psi < 50)].mean())
 
 
-def test_missing_wedge_visible_in_spectrum():
-    assert _wedge_power_ratio((-60, 60)) < 0.05
-    assert _wedge_power_ratio((-85, 85)) > 0.3  # control: a nearly full tilt range fills it
+@pytest.mark.parametrize("mode", ["fourier", "tilt_series"])
+def test_missing_wedge_visible_in_spectrum(mode):
+    # the tilt-series mode never builds a wedge: it comes out of projecting and back-projecting
+    # (WBP leaks a little into the wedge through interpolation, as real reconstructions do)
+    assert _wedge_power_ratio((-60, 60), mode) < (0.05 if mode == "fourier" else 0.1)
+    assert _wedge_power_ratio((-85, 85), mode) > 0.3  # control: a nearly full tilt range fills it
+
+
+def _snr_against(clean: np.ndarray, noisy: np.ndarray) -> float:
+    zs = slice(clean.shape[0] // 4, 3 * clean.shape[0] // 4)  # well inside the ice
+    c, n = clean[zs].ravel(), noisy[zs].ravel()
+    slope = float(np.dot(c, n) / np.dot(c, c))
+    return float((slope * c).var() / (n - slope * c).var())
+
+
+def test_dose_sets_noise_level_in_tilt_series_mode():
+    opts = dict(class_mix=only("ribosome"), gold=False, ice_fraction=0.95)
+    clean, _ = generate_tomogram(SHAPE, 10.0, 4, snr=math.inf, **opts)
+    low = _snr_against(clean, generate_tomogram(SHAPE, 10.0, 4, dose=30.0, **opts)[0])
+    high = _snr_against(clean, generate_tomogram(SHAPE, 10.0, 4, dose=240.0, **opts)[0])
+    # counting noise: SNR grows about linearly with the dose; per-voxel SNR of real tomograms
+    assert 0.02 < low < high < 5.0, (low, high)
+    assert 3.0 < high / low < 16.0, (low, high)
+
+
+def test_tilt_order_sets_accumulated_dose():
+    from cryoet_monai.data.tilt_series import TiltSeriesParams, tilt_angles
+
+    angles, prior = tilt_angles(TiltSeriesParams(-60, 60, 3.0, order="dose_symmetric", dose_total=123.0))
+    assert len(angles) == 41 and angles[20] == 0 and prior[20] == 0
+    per = 123.0 / 41
+    assert prior[21] == pytest.approx(per) and prior[19] == pytest.approx(2 * per)  # +3 then -3
+    assert prior[0] == pytest.approx(40 * per) or prior[-1] == pytest.approx(40 * per)
+    angles, prior = tilt_angles(TiltSeriesParams(-60, 60, 3.0, order="bidirectional", dose_total=123.0))
+    assert prior[-1] == pytest.approx(20 * per) and prior[0] == pytest.approx(40 * per)
+    assert np.all(np.diff(prior[20:]) > 0)
 
 
 def test_snr_sets_noise_level():
-    opts = dict(class_mix=only("ribosome"), gold=False, ice_fraction=0.95)
+    opts = dict(class_mix=only("ribosome"), gold=False, ice_fraction=0.95, mode="fourier")
     clean, label = generate_tomogram(SHAPE, 10.0, 4, snr=math.inf, **opts)
     noisy, _ = generate_tomogram(SHAPE, 10.0, 4, snr=0.5, **opts)
     zs = slice(SHAPE[0] // 4, 3 * SHAPE[0] // 4)  # well inside the ice
@@ -186,6 +223,10 @@ def test_bad_options_raise():
         generate_tomogram((16, 32, 32), 10.0, 0, class_mix={"mitochondria": 1.0})
     with pytest.raises(SyntheticDataError, match="defocus"):
         generate_tomogram((16, 32, 32), 10.0, 0, defocus_um=3.0)
+    with pytest.raises(SyntheticDataError, match="dose"):  # a fixed SNR is the Fourier mode's knob
+        generate_tomogram((16, 32, 32), 10.0, 0, snr=1.0)
+    with pytest.raises(SyntheticDataError, match="mode"):
+        generate_tomogram((16, 32, 32), 10.0, 0, mode="xray")
 
 
 def test_dataset_files_load_through_mrc_reader(tmp_path: Path):

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.fft
 
+from cryoet_monai.data.tilt_series import TiltSeriesParams
+
 __all__ = ["ImagingParams", "electron_wavelength", "wedge_weight", "ctf", "image_volume", "visible_normals"]
 
 _CHUNK = 8  # z-planes of the half spectrum per chunk
@@ -57,6 +59,8 @@ class ImagingParams:
     sample_thickness: float = 1000.0  # Å, sets the thickness of each sampled Fourier plane
     invert: bool = False  # True: dense material bright
     noise_slope: float = 0.0  # noise power ~ |k|^slope before the band-pass (1 = WBP ramp, 0 = white)
+    mode: str = "fourier"  # "fourier" (this module) or "tilt_series" (cryoet_monai.data.tilt_series)
+    tilt_series: TiltSeriesParams | None = None  # the acquisition simulated in "tilt_series" mode
 
 
 def _angle(kz: np.ndarray, kx: np.ndarray) -> np.ndarray:

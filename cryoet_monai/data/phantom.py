@@ -238,6 +238,7 @@ class Canvas:
         density: float = 1.0,
         fill: float = 0.0,
         visible: Callable[[list[np.ndarray]], np.ndarray] | None = None,
+        tail_density: float = 0.0,
     ) -> int:
         """Draw one or more lipid bilayers parallel to ``shape``'s surface; returns labelled voxels.
 
@@ -245,9 +246,12 @@ class Canvas:
         ``o ± leaflet_spacing / 2``) and is labelled where ``|d - o| <= half_thickness`` and
         ``visible(normals)`` (the missing wedge hides membranes seen face-on). ``fill`` is a
         constant density for the interior beyond the innermost bilayer (mitochondrial matrix).
+        ``tail_density`` (usually negative: hydrocarbon tails, 0.86 g/cm³, are lighter than
+        vitreous ice) is a Gaussian trough between the two leaflets of each bilayer.
         """
         vs = self.voxel_size
         sigma = math.sqrt(5.0**2 + (0.4 * vs) ** 2)  # head-group width, widened to sample it without aliasing
+        tail_sigma = math.sqrt((leaflet_spacing / 5) ** 2 + (0.4 * vs) ** 2)
         half = max(half_thickness, 0.55 * vs)
         band = max(abs(o) for o in offsets) + max(half, leaflet_spacing / 2 + 3 * sigma) + vs
         lo, hi = shape.bbox()
@@ -268,7 +272,16 @@ class Canvas:
             dens *= np.float32(density)
             if fill > 0:
                 np.maximum(dens, np.float32(fill) * _soft(inner - d, vs), out=dens)
-            np.maximum(self.rho[sl], dens, out=self.rho[sl])
+            if tail_density:
+                # lipids displace what is under them: inside the bilayer the profile replaces the
+                # density (max-compositing would hide the tail trough)
+                core = np.zeros(d.shape, bool)
+                for o in offsets:
+                    dens += np.float32(tail_density) * np.exp(-0.5 * ((d - o) / tail_sigma) ** 2)
+                    core |= np.abs(d - o) <= leaflet_spacing / 2
+                self.rho[sl] = np.where(core, dens, np.maximum(self.rho[sl], dens))
+            else:
+                np.maximum(self.rho[sl], dens, out=self.rho[sl])
             if visible is not None and lab.any():
                 lab &= visible(n)
             self.label[sl][lab] = label_value
@@ -276,12 +289,20 @@ class Canvas:
         return count
 
     def paint_tube(
-        self, path: np.ndarray, r_out: float, r_in: float, density: float, label_value: int | None
+        self,
+        path: np.ndarray,
+        r_out: float,
+        r_in: float,
+        density: float,
+        label_value: int | None,
+        label_lumen: bool = True,
     ) -> int:
         """Draw a (hollow when ``r_in > 0``) tube along the polyline ``path`` ``(K, 3)`` Å.
 
         Each segment is drawn on its own bounding box, restricted to its slab of the axis, so a
-        gently curved tube is drawn without a full-volume distance map. Label = the wall.
+        gently curved tube is drawn without a full-volume distance map. The label covers the
+        whole cross-section (wall and lumen, as annotators paint microtubules) unless
+        ``label_lumen`` is False (the wall only).
         """
         vs = self.voxel_size
         count = 0
@@ -303,7 +324,9 @@ class Canvas:
             dens = np.float32(density) * wall * keep
             np.maximum(self.rho[sl], dens, out=self.rho[sl])
             if label_value is not None:
-                lab = keep & (r <= r_out) & (r >= r_in)
+                lab = keep & (r <= r_out)
+                if not label_lumen:
+                    lab &= r >= r_in
                 self.label[sl][lab] = label_value
                 count += int(lab.sum())
         return count
@@ -316,12 +339,15 @@ class Canvas:
         label_value: int | None,
         free_only: bool = False,
         overwrite: bool = False,
+        densities: np.ndarray | None = None,
     ) -> int:
         """Draw a union of spheres ``centers (K, 3)``, ``radii (K,)`` Å as one object.
 
         With ``free_only`` the object is skipped (returns 0) when it would cover a labelled
         voxel; with ``overwrite`` its label also replaces earlier labels (otherwise 0-labelled
-        objects, e.g. gold, clear the label under them). Returns labelled voxels.
+        objects, e.g. gold, clear the label under them). ``densities (K,)`` gives each sphere its
+        own density (the max is taken where they overlap: small dense spheres inside a larger
+        one make a lumpy interior), default ``density`` for all. Returns labelled voxels.
         """
         vs = self.voxel_size
         rmax = float(np.max(radii))
@@ -330,13 +356,17 @@ class Canvas:
             return 0
         z, y, x = self.coords(sl)
         sdf = None
-        for c, r in zip(centers.astype(np.float32), radii):
+        dens = None
+        per = (np.full(len(radii), density, np.float32) if densities is None
+               else np.asarray(densities, np.float32))
+        for c, r, rho in zip(centers.astype(np.float32), radii, per):
             d = np.sqrt((z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2) - np.float32(r)
             sdf = d if sdf is None else np.minimum(sdf, d)
+            part = rho * _soft(-d, vs)
+            dens = part if dens is None else np.maximum(dens, part)
         inside = sdf <= 0
         if free_only and (self.label[sl][inside] != 0).any():
             return 0
-        dens = np.float32(density) * _soft(-sdf, vs)
         if overwrite:
             self.rho[sl] = np.where(inside, dens, np.maximum(self.rho[sl], dens))
         else:

@@ -31,10 +31,12 @@ import numpy as np
 
 from cryoet_monai.data.imaging import ImagingParams, image_volume, visible_normals
 from cryoet_monai.data.phantom import Canvas, Ellipsoid, IceSlab, Sheet, random_rotation, smooth_path
+from cryoet_monai.data.tilt_series import TiltSeriesParams, reconstruct_tilt_series
 
 __all__ = [
     "GENERATOR_VERSION",
     "STORAGE_DTYPES",
+    "IMAGING_MODES",
     "SceneParams",
     "SyntheticDataError",
     "build_phantom",
@@ -46,7 +48,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: bumped whenever the generated data change, so cached datasets are regenerated
-GENERATOR_VERSION = "2"
+GENERATOR_VERSION = "3"
 #: storage dtypes written by :func:`write_synthetic_dataset` (``"random"`` picks one per tomogram)
 STORAGE_DTYPES = ("float32", "float16", "int16", "uint8", "int8")
 
@@ -61,8 +63,13 @@ DEFAULT_CLASS_MIX: dict[str, float] = {
     "single_membrane": 0.95,
     "carbon_edge": 0.7,
 }
-# relative densities (vitreous ice = 0, protein = 1)
-_TUBULIN, _RNA, _CARBON, _GOLD, _VACUUM = 1.2, 1.3, 2.5, 6.0, -1.5
+# density contrast relative to vitreous ice, in units of protein's: (rho - 0.94) / (1.35 - 0.94)
+# with rho in g/cm³ (protein 1.35, nucleic acid 1.7, lipid head groups ~1.35, tails 0.86,
+# amorphous carbon ~2.0, gold 19.3 capped: its contrast is mostly amplitude, vacuum 0)
+_PROTEIN, _RNA, _LIPID_TAIL, _CARBON, _GOLD, _VACUUM = 1.0, 1.85, -0.2, 2.6, 12.0, -2.3
+#: imaging modes: a simulated tilt series reconstructed by WBP (default), or the fast
+#: equivalent filter in 3-D Fourier space (tests, quick demos)
+IMAGING_MODES = ("tilt_series", "fourier")
 
 
 class SyntheticDataError(ValueError):
@@ -91,7 +98,7 @@ def sample_params(
     snr: float | None = None,
     snr_range: tuple[float, float] = (0.5, 2.0),
     defocus_um: float | None = None,
-    defocus_range_um: tuple[float, float] = (-6.0, -2.0),
+    defocus_range_um: tuple[float, float] = (-8.0, -1.5),
     tilt_range: tuple[float, float] | None = None,
     tilt_step: float | None = None,
     phase_flip: bool | None = None,
@@ -102,12 +109,29 @@ def sample_params(
     class_mix: Mapping[str, float] | None = None,
     ice_fraction: float | None = None,
     gold: bool | None = None,
+    mode: str = "tilt_series",
+    dose: float | None = None,
+    dose_range: tuple[float, float] = (60.0, 180.0),
+    reconstruction: str | None = None,
 ) -> tuple[SceneParams, ImagingParams]:
     """Draw the per-tomogram scene and acquisition; given values are kept as they are.
 
     All random draws happen in a fixed order whatever is given, so fixing one option does not
     change the others for the same seed.
+
+    ``mode`` is ``"tilt_series"`` (projection, per-tilt CTF, Poisson noise at ``dose`` e⁻/Å²,
+    WBP or a SIRT-like filter; noise-free with ``snr=inf``) or ``"fourier"`` (the same wedge,
+    CTF and band-pass applied once in 3-D Fourier space, noise set by ``snr``).
     """
+    if mode not in IMAGING_MODES:
+        raise SyntheticDataError(f"mode {mode!r}: expected one of {IMAGING_MODES}")
+    if mode == "tilt_series" and snr is not None and math.isfinite(float(snr)):
+        raise SyntheticDataError(
+            f"snr {snr}: a fixed SNR applies to mode='fourier'; in tilt_series mode the noise "
+            "comes from the dose (dose=..., or snr=inf for none)"
+        )
+    if reconstruction is not None and reconstruction not in ("wbp", "sirt_like"):
+        raise SyntheticDataError(f"reconstruction {reconstruction!r}: expected 'wbp' or 'sirt_like'")
     mix = dict(DEFAULT_CLASS_MIX)
     for k, v in (class_mix or {}).items():
         if k not in mix:
@@ -118,16 +142,31 @@ def sample_params(
     draws = {
         "snr": math.exp(_uniform(rng, math.log(snr_range[0]), math.log(snr_range[1]))),
         "defocus_um": _uniform(rng, *defocus_range_um),
-        "tilt_half": _uniform(rng, 50.0, 70.0),
+        "tilt_half": _uniform(rng, 40.0, 70.0),
         "tilt_asym": _uniform(rng, -5.0, 5.0),
         "tilt_step": float(rng.choice([1.0, 2.0, 3.0])),
         "phase_flip": bool(rng.random() < 0.5),
         "bfactor": _uniform(rng, 200.0, 800.0),
         "lowpass_factor": _uniform(rng, 2.5, 3.5),
         "crowding": _uniform(rng, 0.6, 1.4),
-        "ice_fraction": _uniform(rng, 0.6, 0.95),
+        "ice_fraction": _uniform(rng, 0.6, 1.2),
         "gold": bool(rng.random() < 0.5),
         "present": {k: bool(rng.random() < mix[k]) for k in _FOREGROUND},
+        # tilt-series acquisition and reconstruction (drawn in every mode: fixed draw order)
+        "dose": math.exp(_uniform(rng, math.log(dose_range[0]), math.log(dose_range[1]))),
+        "order": "dose_symmetric" if rng.random() < 0.6 else "bidirectional",
+        "astigmatism_um": _uniform(rng, 0.0, 0.5),
+        "astigmatism_angle": _uniform(rng, 0.0, 180.0),
+        "amplitude_contrast": _uniform(rng, 0.07, 0.10),
+        "bfactor0": _uniform(rng, 20.0, 150.0),
+        "bfactor_per_dose": _uniform(rng, 2.0, 6.0),
+        "shift_sigma": _uniform(rng, 0.0, 0.8),
+        "contrast_scale": math.exp(_uniform(rng, math.log(0.4), math.log(1.3))),
+        "mean_free_path": _uniform(rng, 2500.0, 4000.0),
+        "reconstruction": "sirt_like" if rng.random() < 0.35 else "wbp",
+        "sirt_iterations": int(rng.integers(5, 31)),
+        "radial_cutoff": _uniform(rng, 0.25, 0.5),
+        "radial_falloff": _uniform(rng, 0.03, 0.15),
     }
     if tilt_range is None:
         tilt_range = (-draws["tilt_half"] + draws["tilt_asym"], draws["tilt_half"] + draws["tilt_asym"])
@@ -154,6 +193,24 @@ def sample_params(
         lowpass=max(draws["lowpass_factor"] * voxel_size, 25.0) if lowpass is None else float(lowpass),
         invert=bool(invert),
     )
+    imaging.mode = mode
+    if mode == "tilt_series":
+        total = draws["dose"] if dose is None else float(dose)
+        if snr is not None and math.isinf(float(snr)):
+            total = math.inf
+        if not total > 0:
+            raise SyntheticDataError(f"dose {total}: must be > 0 e/A^2 (inf = no noise)")
+        imaging.tilt_series = TiltSeriesParams(
+            tilt_min=tmin, tilt_max=tmax, tilt_step=step or 1.0, order=draws["order"], dose_total=total,
+            defocus_um=imaging.defocus_um, astigmatism_um=draws["astigmatism_um"],
+            astigmatism_angle=draws["astigmatism_angle"], amplitude_contrast=draws["amplitude_contrast"],
+            bfactor=draws["bfactor0"], bfactor_per_dose=draws["bfactor_per_dose"],
+            shift_sigma=draws["shift_sigma"], phase_flip=imaging.phase_flip,
+            contrast_scale=draws["contrast_scale"], mean_free_path=draws["mean_free_path"],
+            reconstruction=draws["reconstruction"] if reconstruction is None else reconstruction,
+            sirt_iterations=draws["sirt_iterations"], radial_cutoff=draws["radial_cutoff"],
+            radial_falloff=draws["radial_falloff"],
+        )
     if imaging.defocus_um >= 0:
         raise SyntheticDataError(f"defocus_um {imaging.defocus_um}: underfocus is a negative number (µm)")
     if not imaging.snr > 0:
@@ -161,21 +218,85 @@ def sample_params(
     return scene, imaging
 
 
-def _ribosome(rng: np.random.Generator, center: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Spheres of a two-lobed ~25-30 nm particle: large subunit, small subunit, surface bumps."""
+def _ribosome(rng: np.random.Generator, center: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Spheres of a 70S- or 80S-sized ribosome (20-30 nm): large subunit, small subunit with its
+    head, irregular surface bumps; returns centres ``(K, 3)``, radii ``(K,)`` and densities
+    ``(K,)`` (rRNA-rich large subunit denser than the small one)."""
     rot = random_rotation(rng)
-    r_large = _uniform(rng, 100.0, 115.0)
-    r_small = _uniform(rng, 65.0, 75.0)
-    local = [np.zeros(3), np.array([r_large + 0.2 * r_small, 0.0, 0.0]),
-             np.array([r_large * 0.7, r_small * 0.8, 0.0])]
-    radii = [r_large, r_small, r_small * 0.8]
-    for _ in range(3):  # irregular outline
+    r_large = _uniform(rng, 85.0, 100.0) if rng.random() < 0.4 else _uniform(rng, 100.0, 120.0)
+    r_small = r_large * _uniform(rng, 0.62, 0.75)
+    rho = _uniform(rng, 1.1, 1.6)  # mixed protein / RNA, about as dark as other big complexes
+    local = [np.zeros(3), np.array([r_large * 0.78 + 0.45 * r_small, 0.0, 0.0]),
+             np.array([r_large * 0.6, r_small * 0.9, 0.0])]
+    radii = [r_large, r_small, r_small * 0.65]
+    dens = [rho, rho * 0.85, rho * 0.85]
+    for _ in range(int(rng.integers(3, 6))):  # irregular outline (stalks, protuberances)
         m = rng.standard_normal(3)
-        local.append(m / np.linalg.norm(m) * r_large * 0.85)
-        radii.append(_uniform(rng, 35.0, 50.0))
+        local.append(m / np.linalg.norm(m) * r_large * _uniform(rng, 0.7, 0.9))
+        radii.append(r_large * _uniform(rng, 0.3, 0.45))
+        dens.append(rho * _uniform(rng, 0.8, 1.0))
     centers = np.asarray(local) @ rot.T
     centers -= centers.mean(0)
-    return center + centers, np.asarray(radii)
+    return _lumpy(rng, center + centers, np.asarray(radii), np.asarray(dens))
+
+
+def _lumpy(
+    rng: np.random.Generator, centers: np.ndarray, radii: np.ndarray, dens: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Give a union of spheres a lumpy interior (protein domains, RNA helices): the spheres
+    drop to ~75 % of their density and 8-16 denser 3-8 nm lumps are placed inside them."""
+    n = int(rng.integers(8, 17))
+    host = rng.integers(0, len(radii), n)
+    m = rng.standard_normal((n, 3))
+    m /= np.linalg.norm(m, axis=1, keepdims=True)
+    depth = radii[host] * rng.uniform(0.0, 0.7, n)
+    lumps = centers[host] + m * depth[:, None]
+    lump_r = np.minimum(radii[host] * rng.uniform(0.25, 0.45, n), radii[host] - depth)
+    keep = lump_r > 15.0
+    return (np.concatenate([centers, lumps[keep]]), np.concatenate([radii, lump_r[keep]]),
+            np.concatenate([dens * _uniform(rng, 0.65, 0.85),
+                            dens[host][keep] * rng.uniform(0.9, 1.2, keep.sum())]))
+
+
+def _paint_distractors(cv: Canvas, rng: np.random.Generator, slab: IceSlab, n: int) -> int:
+    """Unlabelled look-alikes of ribosomes: proteasome/chaperonin-like barrels and other large
+    complexes of similar size and density (label 0), placed where nothing is labelled."""
+    placed = 0
+    for _ in range(n):
+        p = cv.random_point(rng, slab, margin=80.0)
+        rho = _uniform(rng, 0.8, 1.5)
+        if rng.random() < 0.5:  # barrel: 20S/26S proteasome (11 x 15-45 nm), chaperonin (14 x 15 nm)
+            d = rng.standard_normal(3)
+            d /= np.linalg.norm(d)
+            half = _uniform(rng, 70.0, 220.0)
+            r_out = _uniform(rng, 55.0, 80.0)
+            cv.paint_tube(np.stack([p - half * d, p + half * d]), r_out, r_out * _uniform(rng, 0.2, 0.45),
+                          rho, None)
+            placed += 1
+        else:  # a globular complex of 1-4 domains, 15-30 nm across, textured like a ribosome
+            k = int(rng.integers(1, 5))
+            r0 = _uniform(rng, 60.0, 120.0)
+            centers = p + rng.standard_normal((k, 3)) * r0 * 0.5
+            radii = r0 * rng.uniform(0.5, 1.0, k)
+            radii[0] = r0
+            centers, radii, dens = _lumpy(rng, centers, radii, np.full(k, rho))
+            placed += cv.paint_blob(centers, radii, rho, None, free_only=True, densities=dens) >= 0
+    return placed
+
+
+def _paint_membrane_proteins(cv: Canvas, rng: np.random.Generator, shape_, n: int, extent: float) -> None:
+    """Proteins embedded in or bound to a membrane (label 0: the membrane label is kept)."""
+    if n <= 0:
+        return
+    if isinstance(shape_, Sheet):
+        pts, nrm = shape_.sample_surface(rng, n, extent)
+    else:
+        pts, nrm = shape_.sample_surface(rng, n)
+    inside = np.all((pts > -200) & (pts < cv.extent + 200), axis=1)
+    for c, m in zip(pts[inside], nrm[inside]):
+        r = _uniform(rng, 25.0, 60.0)
+        offset = _uniform(rng, -0.3, 1.0) * r  # transmembrane to peripheral
+        cv.paint_blob((c + m * offset)[None], np.array([r]), _uniform(rng, 0.7, 1.2), None)
 
 
 def build_phantom(
@@ -222,11 +343,13 @@ def build_phantom(
     surfaces = []
     if scene.present["double_membrane"]:
         for _ in range(count(25, 1, cap=5)):
-            spacing = _uniform(rng, 70.0, 100.0)  # bilayer centre to centre, Å
+            # lumen between the bilayers: 6 nm (mitochondrial envelope) to 50 nm (nuclear envelope)
+            gap = math.exp(_uniform(rng, math.log(60.0), math.log(500.0)))
+            spacing = gap + 45.0  # bilayer centre to centre, Å
             half = _uniform(rng, 20.0, 25.0)
             half = min(half, (spacing - vs) / 2)  # keep the gap between the bilayers visible
             p = cv.random_point(rng, slab)
-            if rng.random() < 0.7:
+            if rng.random() < (0.8 if gap < 150 else 0.3):
                 axes = np.array([_uniform(rng, 2500, 6000), _uniform(rng, 1500, 3000),
                                  _uniform(rng, 1500, 3000)])
                 shape_ = Ellipsoid.through_point(p, axes, random_rotation(rng), rng)
@@ -235,7 +358,9 @@ def build_phantom(
                 shape_ = _sheet(rng, p)
                 offsets, fill, kind = (spacing / 2, -spacing / 2), 0.0, "envelope"
             n = cv.paint_membrane(shape_, offsets, DOUBLE_MEMBRANE, half, _uniform(rng, 36.0, 42.0),
-                                  fill=fill, visible=visible)
+                                  density=_uniform(rng, 0.4, 1.1), fill=fill * _uniform(rng, 0.3, 1.5),
+                                  visible=visible, tail_density=_LIPID_TAIL * _uniform(rng, 0.5, 1.5))
+            _paint_membrane_proteins(cv, rng, shape_, int(rng.integers(0, 60)), float(ext.max()))
             info["double_membranes"].append({"kind": kind, "shape": shape_, "spacing": spacing,
                                              "half_thickness": half, "voxels": n})
     # --- single membranes: vesicles, ER-like flattened ellipsoids, ER sheets
@@ -255,7 +380,9 @@ def build_phantom(
                 shape_, kind = _sheet(rng, p), "sheet"
             half = _uniform(rng, 20.0, 25.0)
             n = cv.paint_membrane(shape_, (0.0,), SINGLE_MEMBRANE, half, _uniform(rng, 36.0, 42.0),
-                                  visible=visible)
+                                  density=_uniform(rng, 0.4, 1.1), visible=visible,
+                                  tail_density=_LIPID_TAIL * _uniform(rng, 0.5, 1.5))
+            _paint_membrane_proteins(cv, rng, shape_, int(rng.integers(0, 40)), float(ext.max()))
             info["single_membranes"].append({"kind": kind, "shape": shape_, "half_thickness": half,
                                              "voxels": n})
             surfaces.append(shape_)
@@ -267,7 +394,7 @@ def build_phantom(
                                -pad, ext + pad, _uniform(rng, 3000.0, 20000.0))
             r_out = _uniform(rng, 120.0, 130.0)
             r_in = _uniform(rng, 70.0, 80.0)
-            n = cv.paint_tube(path, r_out, r_in, _TUBULIN, MICROTUBULE)
+            n = cv.paint_tube(path, r_out, r_in, _PROTEIN * _uniform(rng, 0.9, 1.3), MICROTUBULE)
             info["microtubules"].append({"path": path, "r_out": r_out, "r_in": r_in, "voxels": n})
     # --- ribosomes: crowded, some bound to membranes (rough ER)
     if scene.present["ribosome"]:
@@ -284,17 +411,22 @@ def build_phantom(
                 c = pts[0] + nrm[0] * 170.0
                 if np.any(c < 0) or np.any(c > ext) or slab.depth(*c) < 100:
                     continue
-                centers, radii = _ribosome(rng, c)
-                placed += cv.paint_blob(centers, radii, _RNA, RIBOSOME, free_only=True) > 0
+                centers, radii, dens = _ribosome(rng, c)
+                placed += cv.paint_blob(centers, radii, 1.0, RIBOSOME, free_only=True,
+                                        densities=dens) > 0
                 if placed >= n_bound:
                     break
         info["ribosomes_on_membranes"] = placed
         for _ in range(3 * target):
             if placed >= target:
                 break
-            centers, radii = _ribosome(rng, cv.random_point(rng, slab, margin=100.0))
-            placed += cv.paint_blob(centers, radii, _RNA, RIBOSOME, free_only=True) > 0
+            centers, radii, dens = _ribosome(rng, cv.random_point(rng, slab, margin=100.0))
+            placed += cv.paint_blob(centers, radii, 1.0, RIBOSOME, free_only=True,
+                                    densities=dens) > 0
         info["ribosomes"] = placed
+    # --- look-alike large complexes (label 0), in every tomogram: ribosomes are told by shape
+    info["distractors"] = _paint_distractors(
+        cv, rng, slab, count(12000 * scene.crowding * _uniform(rng, 0.2, 0.8), 0, cap=400))
     # --- gold fiducials: 10 nm, very dense, near the ice surfaces (label 0)
     if scene.gold:
         area_um2 = ext[1] * ext[2] * 1e-8
@@ -403,7 +535,8 @@ def generate_tomogram(
         options: fixed values instead of random draws, see :func:`sample_params`
             (``snr``, ``snr_range``, ``defocus_um``, ``defocus_range_um``, ``tilt_range``,
             ``tilt_step``, ``phase_flip``, ``bfactor``, ``lowpass``, ``invert``, ``crowding``,
-            ``class_mix``, ``ice_fraction``, ``gold``).
+            ``class_mix``, ``ice_fraction``, ``gold``, ``mode`` ("tilt_series" or "fourier"),
+            ``dose``, ``dose_range``, ``reconstruction`` ("wbp" or "sirt_like")).
 
     Returns:
         ``(image, label)``: float32 ``(Z, Y, X)`` normalised to zero mean and unit variance with
@@ -418,9 +551,15 @@ def generate_tomogram(
     t0 = time.perf_counter()
     cv, slab, info = build_phantom(shape, vs, scene, imaging, rng)
     t1 = time.perf_counter()
-    mask = (cv.rho > _VACUUM / 2) & (cv.rho < 1.8) & (cv.label != CARBON)
-    image = image_volume(cv.rho, vs, imaging, rng, signal_mask=mask, workers=workers)
-    del mask
+    if imaging.mode == "tilt_series":
+        imaging.tilt_series.ice_thickness = slab.thickness
+        image = reconstruct_tilt_series(cv.rho, vs, imaging.tilt_series, rng, workers=workers)
+        if imaging.invert:
+            np.negative(image, out=image)
+    else:
+        mask = (cv.rho > _VACUUM / 2) & (cv.rho < 3.0) & (cv.label != CARBON)
+        image = image_volume(cv.rho, vs, imaging, rng, signal_mask=mask, workers=workers)
+        del mask
     info["timing"] = {"phantom_s": t1 - t0, "imaging_s": time.perf_counter() - t1}
     cv.rho = None  # consumed by image_volume
     label = cv.label
