@@ -49,6 +49,7 @@ from cryoet_monai.io.mrc import (
     release_pages,
 )
 from cryoet_monai.transforms.intensity import NonFiniteIntensityError, RobustNormalizeIntensity
+from cryoet_monai.transforms.sampling import StackSlices
 
 __all__ = ["InferenceError", "TomogramSegmenter", "find_inputs", "output_stem", "shard"]
 
@@ -239,6 +240,13 @@ class TomogramSegmenter:
         if not 1 <= n_tta <= 8:
             raise ValueError(f"tta must be a count of 1 to 8 flips/rotations, got {tta!r}.")
         self.spatial_dims = self._spatial_dims(network)
+        # a 2-D network with k > 1 input channels is a 2.5-D model: k neighbouring slices as channels
+        self.context = int(getattr(network, "in_channels", 1)) if self.spatial_dims == 2 else 1
+        if self.context % 2 == 0:
+            raise InferenceError(
+                f"a 2.5-D network needs an odd number of slices as channels, got {self.context}."
+            )
+        self.stack_slices = StackSlices(self.context)
         if model_path is not None:
             self._load_weights(network, Path(model_path))
         network = network.eval()
@@ -341,7 +349,8 @@ class TomogramSegmenter:
         """Zoom factors input grid -> model grid per (z, y, x); 1 where no resampling is done."""
         if not self.resample or self.model_voxel_size is None:
             return (1.0, 1.0, 1.0)
-        axes = range(3) if self.spatial_dims == 3 else (1, 2)  # a 2-D model never mixes slices
+        # a 2-D model never mixes slices; 2.5-D and 3-D models see neighbours at the model's spacing
+        axes = range(3) if self.spatial_dims == 3 or self.context > 1 else (1, 2)
         ratio = [1.0, 1.0, 1.0]
         for a in axes:
             ratio[a] = voxel_size[a] / self.model_voxel_size
@@ -371,8 +380,11 @@ class TomogramSegmenter:
 
     @property
     def halo(self) -> int:
-        """z-halo (model-grid slices) each side of a slab: half the roi depth for 3-D models, 0 for 2-D."""
-        if self.spatial_dims == 2 or self.roi_size[0] <= 0:
+        """z-halo (model-grid slices) each side of a slab: half the roi depth for 3-D models, the
+        neighbours a 2.5-D model sees (``k // 2``), 0 for 2-D."""
+        if self.spatial_dims == 2:
+            return self.context // 2
+        if self.roi_size[0] <= 0:
             return 0
         return (self.roi_size[0] + 1) // 2
 
@@ -396,7 +408,8 @@ class TomogramSegmenter:
             size = [max(1, round(n * s)) for n, s in zip(shape, scale)]
             mode = "area" if all(s <= 1.0 for s in scale) else "trilinear"
             x = F.interpolate(x, size=size, mode=mode, **({} if mode == "area" else {"align_corners": False}))
-        probs = self._inferer(x.shape[2:])(x, self.predictor)
+        # 2.5-D: (1, 1, Z, Y, X) -> (1, k, Z, Y, X), each slice with its neighbours as channels
+        probs = self._inferer(x.shape[2:])(self.stack_slices(x), self.predictor)
         if tuple(probs.shape[2:]) != shape:
             # linear interpolation keeps the probabilities summing to one
             probs = F.interpolate(probs, size=shape, mode="trilinear", align_corners=False)

@@ -9,6 +9,12 @@ Both are deterministic, so in a training pipeline they sit before the cache boun
 ``CacheDataset``; the random 2-D sampling that follows is stock MONAI:
 ``ClassesToIndicesd`` (cached) -> ``RandCropByLabelClassesd(spatial_size=[1, H, W])``
 -> ``SqueezeDimd(dim=1)``.
+
+2.5-D networks see ``k`` neighbouring slices as channels. Training crops ``[k, H, W]`` and turns
+them into a ``(k, H, W)`` input with the centre slice's label (:class:`SlicesToChannelsd`);
+validation and inference stack the neighbours of *every* slice into channels,
+``(1, Z, Y, X) -> (k, Z, Y, X)`` (:class:`StackSlices`), so MONAI's ``SliceInferer`` hands each
+slice its own context.
 """
 
 from __future__ import annotations
@@ -19,7 +25,16 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, SpatialCrop, Transform
 
-__all__ = ["CropZFraction", "CropZFractiond", "SliceStride", "SliceStrided", "z_fraction_slice"]
+__all__ = [
+    "CropZFraction",
+    "CropZFractiond",
+    "SliceStride",
+    "SliceStrided",
+    "SlicesToChannelsd",
+    "StackSlices",
+    "StackSlicesd",
+    "z_fraction_slice",
+]
 
 
 def z_fraction_slice(depth: int, fraction: float) -> slice:
@@ -121,4 +136,76 @@ class SliceStrided(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = self.strider(d[key])
+        return d
+
+
+class StackSlices(Transform):
+    """Neighbouring slices as channels: ``(1, Z, Y, X) -> (k, Z, Y, X)`` (or ``(B, 1, Z, Y, X) ->
+    (B, k, Z, Y, X)`` for batches), channel ``c`` of slice ``z`` being slice ``z + c - k // 2``,
+    with the first and last slices repeated beyond the volume.
+
+    Args:
+        context: ``k``, an odd number of slices (1 = unchanged).
+    """
+
+    def __init__(self, context: int = 1) -> None:
+        if int(context) < 1 or int(context) % 2 == 0:
+            raise ValueError(f"slice context must be an odd number >= 1, got {context}")
+        self.context = int(context)
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        if self.context == 1:
+            return img
+        if img.ndim not in (4, 5) or img.shape[-4] != 1:
+            raise ValueError(
+                f"StackSlices expects (1, Z, Y, X) or (B, 1, Z, Y, X), got shape {tuple(img.shape)}"
+            )
+        h = self.context // 2
+        depth = int(img.shape[-3])
+        index = torch.arange(depth)[None, :] + torch.arange(-h, h + 1)[:, None]  # (k, Z)
+        index = index.clamp(0, depth - 1)
+        vol = img[..., 0, :, :, :]  # (Z, Y, X) or (B, Z, Y, X)
+        return vol[..., index, :, :]  # (k, Z, Y, X) or (B, k, Z, Y, X)
+
+
+class StackSlicesd(MapTransform):
+    """Dictionary version of :class:`StackSlices` (image keys only; labels keep one channel)."""
+
+    def __init__(self, keys: KeysCollection, context: int = 1, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.stacker = StackSlices(context)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.stacker(d[key])
+        return d
+
+
+class SlicesToChannelsd(MapTransform):
+    """A ``(1, k, H, W)`` training crop as a 2.5-D sample: image ``(k, H, W)`` (the slices as
+    channels), label ``(1, H, W)`` (the centre slice).
+
+    Args:
+        keys: image keys.
+        label_keys: label keys (centre slice kept).
+    """
+
+    def __init__(
+        self, keys: KeysCollection, label_keys: KeysCollection = (), allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.label_keys = [label_keys] if isinstance(label_keys, str) else list(label_keys)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            if img.ndim != 4 or img.shape[0] != 1:
+                raise ValueError(f"SlicesToChannelsd: {key!r} must be (1, k, H, W), got {tuple(img.shape)}")
+            d[key] = img[0]
+        for key in self.label_keys:
+            if key in d:
+                lab = d[key]
+                d[key] = lab[:, lab.shape[1] // 2]
         return d
