@@ -391,16 +391,21 @@ class TomogramSegmenter:
     # ------------------------------------------------------------------ prediction
     @torch.inference_mode()
     def predict(
-        self, block: np.ndarray | torch.Tensor, scale: Sequence[float] = (1.0, 1.0, 1.0)
+        self,
+        block: np.ndarray | torch.Tensor,
+        scale: Sequence[float] = (1.0, 1.0, 1.0),
+        keep: tuple[int, int] | None = None,
     ) -> torch.Tensor:
         """Class probabilities of a normalised ``(Z, Y, X)`` block, in one inferer call.
 
         Args:
             block: normalised intensities ``(Z, Y, X)``.
             scale: zoom factors to the model's grid (z, y, x); the probabilities come back on the input grid.
+            keep: ``(start, stop)`` planes of the block to return (default all). 2.5-D models read the
+                other planes only as context; without z-resampling they are not even predicted.
 
         Returns:
-            float32 probabilities ``(C, Z, Y, X)`` on the CPU.
+            float32 probabilities ``(C, Z', Y, X)`` on the CPU, ``Z'`` the planes kept.
         """
         x = torch.as_tensor(np.ascontiguousarray(block), dtype=torch.float32)[None, None]
         shape = tuple(x.shape[2:])
@@ -409,11 +414,15 @@ class TomogramSegmenter:
             mode = "area" if all(s <= 1.0 for s in scale) else "trilinear"
             x = F.interpolate(x, size=size, mode=mode, **({} if mode == "area" else {"align_corners": False}))
         # 2.5-D: (1, 1, Z, Y, X) -> (1, k, Z, Y, X), each slice with its neighbours as channels
-        probs = self._inferer(x.shape[2:])(self.stack_slices(x), self.predictor)
+        x = self.stack_slices(x)
+        if keep is not None and scale[0] == 1.0:
+            x, shape, keep = x[:, :, keep[0] : keep[1]], (keep[1] - keep[0], *shape[1:]), None
+        probs = self._inferer(x.shape[2:])(x, self.predictor)
         if tuple(probs.shape[2:]) != shape:
             # linear interpolation keeps the probabilities summing to one
             probs = F.interpolate(probs, size=shape, mode="trilinear", align_corners=False)
-        return torch.as_tensor(probs)[0].float()
+        probs = torch.as_tensor(probs)[0].float()
+        return probs if keep is None else probs[:, keep[0] : keep[1]]
 
     def _normalizer_for(self, volume: np.ndarray, path: Path) -> RobustNormalizeIntensity:
         """The normaliser with statistics of the whole tomogram (a strided subsample) frozen in."""
@@ -525,7 +534,12 @@ class TomogramSegmenter:
             for i, (start, stop, lo, hi) in enumerate(ranges):
                 block = norm(np.asarray(volume[lo:hi], dtype=np.float32), name=str(path))
                 release_pages(volume[lo:hi])
-                probs = self.predict(block, scale)
+                if self.context > 1:
+                    # 2.5-D: the halo is context only, every core plane sees all its neighbours
+                    probs = self.predict(block, scale, keep=(start - lo, stop - lo))
+                    lo, hi = start, stop
+                else:
+                    probs = self.predict(block, scale)
                 if lo == start == acc_start and hi == stop and not acc_num.shape[1]:
                     # no halo (2-D models): nothing to blend, write directly
                     self._write(probs, start, seg_mm, probs_mm, unc_mm, counts)

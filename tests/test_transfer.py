@@ -1,0 +1,152 @@
+"""Pieces behind the transferable model: precision rule, style augmentation, 2.5-D input,
+transfer scoring, and the shipped model on the real microtubule crops."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from cryoet_monai import PaperUNet
+from cryoet_monai.engines import AutocastInferer
+from cryoet_monai.evaluation.transfer import evaluate_real_crops, score_volume
+from cryoet_monai.inference import TomogramSegmenter
+from cryoet_monai.io.mrc import read_mrc, save_mrc
+from cryoet_monai.precision import cpu_has_native_bf16, parse_bool, resolve_autocast_dtype
+from cryoet_monai.transforms import (
+    RandBandPass,
+    RandBandPassd,
+    RandSpectralNoise,
+    SlicesToChannelsd,
+    StackSlices,
+)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def test_precision_rule_is_native_or_fp32():
+    auto = resolve_autocast_dtype("auto", "cpu")
+    assert auto == (torch.bfloat16 if cpu_has_native_bf16() else None)
+    assert resolve_autocast_dtype("fp32", "cpu") is None
+    assert resolve_autocast_dtype("bf16", "cpu") == torch.bfloat16
+    with pytest.raises(ValueError, match="precision"):
+        resolve_autocast_dtype("int4", "cpu")
+    # the training inferer follows the same rule
+    assert AutocastInferer(device_type="cpu").enabled == (auto is not None)
+
+
+@pytest.mark.parametrize("value, expected", [(True, True), ("false", False), ("True", True), ("0", False),
+                                             (1, True), ("off", False)])
+def test_config_booleans_are_parsed_strictly(value, expected):
+    assert parse_bool(value, "amp") is expected
+    assert AutocastInferer(enabled=value, dtype=torch.bfloat16).enabled is expected
+
+
+@pytest.mark.parametrize("value", ["flase", "2", 2, None, "yes please"])
+def test_bad_config_booleans_are_refused(value):
+    with pytest.raises(ValueError, match="amp: expected a boolean"):
+        AutocastInferer(enabled=value)
+
+
+def _power(x: torch.Tensor, lo: float, hi: float) -> float:
+    spec = torch.fft.rfft2(x).abs() ** 2
+    ky = torch.fft.fftfreq(x.shape[-2])[:, None]
+    kx = torch.fft.rfftfreq(x.shape[-1])[None, :]
+    k = torch.sqrt(ky**2 + kx**2)
+    return float(spec[..., (k >= lo) & (k < hi)].mean())
+
+
+def test_band_pass_damps_high_frequencies_and_keeps_unit_variance():
+    x = torch.randn(3, 96, 96)
+    t = RandBandPass(prob=1.0, lowpass_range=(5.0, 5.0), highpass_range=(400.0, 400.0),
+                     boost_range=(0.0, 0.0))
+    y = t(x)
+    assert y.shape == x.shape and abs(float(y.mean())) < 1e-5 and abs(float(y.std()) - 1) < 1e-4
+    # a 5-pixel low-pass: power beyond 0.2 cycles/pixel falls by orders of magnitude against below 0.05
+    assert _power(y, 0.3, 0.5) / _power(y, 0.02, 0.05) < 0.01
+    assert _power(x, 0.3, 0.5) / _power(x, 0.02, 0.05) > 0.5
+    # the dictionary twin draws once for all keys and is reproducible
+    d = RandBandPassd(["a", "b"], prob=1.0).set_random_state(3)
+    out = d({"a": x, "b": x.clone()})
+    assert torch.allclose(out["a"], out["b"])
+    again = RandBandPassd(["a"], prob=1.0).set_random_state(3)({"a": x})
+    assert torch.allclose(out["a"], again["a"])
+
+
+def test_spectral_noise_colour_follows_alpha():
+    x = torch.zeros(1, 128, 128)
+    x[0, 64, 64] = 1.0  # a nearly empty image: the output is mostly the noise
+    red = RandSpectralNoise(prob=1.0, std_range=(5.0, 5.0), alpha_range=(-2.0, -2.0)).set_random_state(0)(x)
+    blue = RandSpectralNoise(prob=1.0, std_range=(5.0, 5.0), alpha_range=(1.0, 1.0)).set_random_state(0)(x)
+    ratio = lambda y: _power(y, 0.01, 0.05) / _power(y, 0.3, 0.5)  # noqa: E731
+    assert ratio(red) > 100 * ratio(blue)
+
+
+def test_stack_slices_and_training_crops():
+    vol = torch.arange(6.0)[None, :, None, None].expand(1, 6, 2, 3)
+    stacked = StackSlices(3)(vol)
+    assert stacked.shape == (3, 6, 2, 3)
+    assert stacked[:, :, 0, 0].tolist() == [[0, 0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 5], [1, 2, 3, 4, 5, 5]]
+    with pytest.raises(ValueError, match="odd"):
+        StackSlices(4)
+    labels = torch.arange(5)[None, :, None, None].expand(1, 5, 8, 8)
+    crop = {"image": torch.randn(1, 5, 8, 8), "label": labels}
+    out = SlicesToChannelsd("image", label_keys="label")(crop)
+    assert out["image"].shape == (5, 8, 8) and out["label"].shape == (1, 8, 8)
+    assert out["label"].unique().tolist() == [2]  # the centre slice's label
+
+
+def test_2p5d_streaming_equals_whole_volume(tmp_path: Path):
+    """Slab by slab (halo = k // 2 of context) gives exactly the labels of one pass over the volume."""
+    torch.manual_seed(0)
+    net = PaperUNet(spatial_dims=2, in_channels=5, out_channels=6, features=[8, 8, 16, 16, 32]).eval()
+    rng = np.random.default_rng(0)
+    image = rng.standard_normal((13, 32, 48)).astype(np.float32)
+    path = tmp_path / "t.mrc"
+    save_mrc(path, image, voxel_size=10.0)
+    seg = TomogramSegmenter(net, model_voxel_size=10.0, progress=False, slab_size=3, precision="fp32")
+    assert seg.context == 5 and seg.halo == 2
+    result = seg.segment(path, tmp_path / "out")
+    labels, _ = read_mrc(result["seg"], mmap=False)
+    norm = seg.normalizer.fit(image, name=str(path))
+    whole = seg.predict(norm(image, name=str(path))).argmax(0).numpy()
+    np.testing.assert_array_equal(labels, whole)
+
+
+def test_score_volume_tolerant_f1_and_absent_classes():
+    label = np.zeros((4, 32, 32), np.uint8)
+    label[:, 10:12, :] = 4  # a membrane
+    pred = np.zeros_like(label)
+    pred[:, 12:14, :] = 4  # shifted by two voxels: a hit within tolerance 2
+    pred[:, 20:22, 5:10] = 2  # ribosome voxels where there is none
+    s = score_volume(pred, label, tolerance=2)
+    assert s["f1"] == {"single_membrane": pytest.approx(1.0)}
+    assert s["absent_fraction"]["ribosome"] == pytest.approx(4 * 2 * 5 / label.size)
+    assert score_volume(pred, label, tolerance=0)["f1"]["single_membrane"] == 0.0
+
+
+def _shipped_segmenter(repo_root: Path) -> TomogramSegmenter:
+    parser = ConfigParser()
+    parser.read_meta(str(repo_root / "configs" / "metadata.json"))
+    parser.read_config(str(repo_root / "configs" / "inference.json"))
+    parser["model_path"] = str(repo_root / "models" / "model.pt")
+    parser["progress"] = False
+    return parser.get_parsed_content("segmenter")
+
+
+@pytest.mark.slow
+def test_shipped_model_finds_real_microtubules(repo_root: Path, mrc_corpus: Path, tmp_path: Path):
+    """The two real crops of the shared corpus (evaluation only: never trained or tuned on)."""
+    if not (mrc_corpus / "real").is_dir():
+        pytest.skip("no real/ crops in the corpus")
+    scores = evaluate_real_crops(_shipped_segmenter(repo_root), mrc_corpus, tmp_path)
+    assert len(scores) == 2
+    for name, f1 in scores.items():
+        assert f1 >= REAL_MT_MIN_F1, (name, f1)
+
+
+#: tolerant (2-voxel) microtubule F1 required on each real crop (model card: measured values)
+REAL_MT_MIN_F1 = 0.85
