@@ -150,3 +150,34 @@ def test_shipped_model_finds_real_microtubules(repo_root: Path, mrc_corpus: Path
 
 #: tolerant (2-voxel) microtubule F1 required on each real crop (model card: measured values)
 REAL_MT_MIN_F1 = 0.85
+
+
+def _tiny_segmenter(**kwargs) -> TomogramSegmenter:
+    torch.manual_seed(0)
+    net = PaperUNet(spatial_dims=2, in_channels=1, out_channels=6, features=[8, 8, 16, 16, 32]).eval()
+    return TomogramSegmenter(net, model_voxel_size=10.0, progress=False, precision="fp32", **kwargs)
+
+
+def test_invert_yes_negates_the_input(tmp_path: Path):
+    image = np.random.default_rng(1).standard_normal((6, 32, 32)).astype(np.float32)
+    save_mrc(tmp_path / "a.mrc", image, voxel_size=10.0)
+    save_mrc(tmp_path / "b.mrc", -image, voxel_size=10.0)
+    plain = _tiny_segmenter(invert="no").segment(tmp_path / "a.mrc", tmp_path / "o1")
+    flipped = _tiny_segmenter(invert="yes").segment(tmp_path / "b.mrc", tmp_path / "o2")
+    assert flipped["inverted"] and not plain["inverted"]
+    np.testing.assert_array_equal(read_mrc(plain["seg"])[0], read_mrc(flipped["seg"])[0])
+    with pytest.raises(ValueError, match="invert must be"):
+        _tiny_segmenter(invert="sometimes")
+
+
+def test_unset_one_angstrom_header_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture):
+    image = np.random.default_rng(1).standard_normal((6, 32, 32)).astype(np.float32)
+    save_mrc(tmp_path / "unset.mrc", image, voxel_size=1.0)
+    seg = _tiny_segmenter()
+    from cryoet_monai.inference import InferenceError
+
+    with pytest.raises(InferenceError, match=r"unset\.mrc: header voxel size is 1\.0 Å.*--voxel-size"):
+        seg.segment(tmp_path / "unset.mrc", tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # nothing written
+    # with the voxel size given it runs
+    assert _tiny_segmenter(voxel_size=10.0).segment(tmp_path / "unset.mrc", tmp_path / "out")["seg"]

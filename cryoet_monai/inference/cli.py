@@ -141,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         "overlap": args.overlap,
         "slab_size": args.slab_size,
         "min_component_size": args.min_size,
+        "invert": args.invert,
     }
     overrides.update({k: v for k, v in optional.items() if v is not None})
     if args.voxel_size is not None:
@@ -218,6 +219,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--slab-size", type=_int_range(1), help="z-slices read and predicted at a time")
     p.add_argument(
         "--min-size", type=_int_range(0), help="drop connected components smaller than this (voxels)"
+    )
+    p.add_argument(
+        "--invert",
+        choices=["auto", "yes", "no"],
+        help="contrast polarity: 'no' = dense material dark (the model's convention), 'yes' = dense bright "
+        "(negated before segmenting), 'auto' (default) = decided per tomogram by the model's confidence",
     )
     p.add_argument("--probs", action="store_true", help="also write <name>_probs.mrc (float16, 6 channels)")
     p.add_argument("--uncertainty", action="store_true", help="also write <name>_uncertainty.mrc (entropy)")

@@ -49,6 +49,7 @@ from cryoet_monai.io.mrc import (
     release_pages,
 )
 from cryoet_monai.transforms.intensity import NonFiniteIntensityError, RobustNormalizeIntensity
+from cryoet_monai.precision import parse_bool
 from cryoet_monai.transforms.sampling import StackSlices
 
 __all__ = ["InferenceError", "TomogramSegmenter", "find_inputs", "output_stem", "shard"]
@@ -196,6 +197,9 @@ class TomogramSegmenter:
         normalizer: intensity normalisation (must match training); default ``RobustNormalizeIntensity()``.
         progress: show a progress bar with ETA.
         overwrite: replace existing outputs (else skip tomograms whose labels already exist).
+        invert: contrast polarity of the inputs: ``"auto"`` (decided per tomogram, see
+            :meth:`polarity`), ``True``/``"yes"`` (dense material bright: negate), ``False``/``"no"``
+            (dense material dark, as the model expects).
     """
 
     def __init__(
@@ -225,6 +229,7 @@ class TomogramSegmenter:
         num_classes: int = len(CLASS_NAMES),
         progress: bool = True,
         overwrite: bool = True,
+        invert: str | bool = "auto",
     ) -> None:
         self.device = _default_device() if device in (None, "auto") else torch.device(device)
         if self.device.type == "cuda":
@@ -290,6 +295,13 @@ class TomogramSegmenter:
         self.num_classes = int(num_classes)
         self.progress = bool(progress)
         self.overwrite = bool(overwrite)
+        if isinstance(invert, str) and invert.lower() == "auto":
+            self.invert: bool | None = None
+        else:
+            try:
+                self.invert = parse_bool(invert, "invert")
+            except ValueError as err:
+                raise ValueError(f"invert must be 'auto', 'yes' or 'no', got {invert!r}.") from err
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -451,7 +463,41 @@ class TomogramSegmenter:
                 f"{path}: header voxel size {vs} Å is not positive; "
                 "pass the voxel size explicitly (--voxel-size)."
             )
+        if self.resample and self.model_voxel_size is not None and all(v == 1.0 for v in vs):
+            # 1.0 Å is what many programs write when the pixel size was never set; resampling by it
+            # would shrink the tomogram tenfold into an all-background result
+            raise InferenceError(
+                f"{path}: header voxel size is 1.0 Å, which usually means 'not set'; "
+                "pass the real voxel size with --voxel-size (Å)."
+            )
         return vs  # type: ignore[return-value]
+
+    #: how much more confident (mean max-probability) the inverted input must make the model
+    POLARITY_MARGIN = 0.02
+
+    def polarity(self, volume: np.ndarray, norm: RobustNormalizeIntensity, scale: Sequence[float],
+                 path: Path, size: int = 256) -> bool:
+        """Decide whether ``volume`` has dense material bright (True: it will be negated).
+
+        The model itself is the judge: a central block (a few slices around the middle, the
+        central ``size``² in-plane) is predicted as it is and negated, and the polarity with the
+        higher mean confidence (maximum class probability) over the block wins, inverting only by a
+        margin of :attr:`POLARITY_MARGIN` (an undecided network keeps the data as it is). A network
+        trained on dense-dark tomograms is markedly less sure of itself on inverted contrast
+        (docs/inference.md reports how often this is right on synthetic tomograms).
+        """
+        depth, ny, nx = volume.shape
+        half = max(1, self.context // 2 + 1, (self.roi_size[0] + 1) // 2 if self.spatial_dims == 3 else 1)
+        z0, z1 = max(0, depth // 2 - half), min(depth, depth // 2 + half + 1)
+        cy, cx = ny // 2, nx // 2
+        sy = slice(max(0, cy - size // 2), min(ny, cy + size // 2))
+        sx = slice(max(0, cx - size // 2), min(nx, cx + size // 2))
+        block = norm(np.asarray(volume[z0:z1, sy, sx], dtype=np.float32), name=str(path))
+        confidence = [float(self.predict(sign * block, scale).amax(0).mean()) for sign in (1.0, -1.0)]
+        inverted = confidence[1] > confidence[0] + self.POLARITY_MARGIN
+        logger.info("%s: polarity %s (mean confidence %.3f as is, %.3f inverted)", path,
+                    "dense bright: inverting" if inverted else "dense dark", *confidence)
+        return inverted
 
     def output_paths(self, path: str | os.PathLike, output_dir: str | os.PathLike) -> dict[str, Path]:
         """``{"seg": ..., ["probs": ..., "uncertainty": ...]}`` for one input."""
@@ -488,14 +534,8 @@ class TomogramSegmenter:
         norm = self._normalizer_for(volume, path)
         release_pages(volume)  # the statistics' subsample touched every few planes
         scale = self._scale(voxel_size)
-        if scale != (1.0, 1.0, 1.0) and self.voxel_size is None and set(voxel_size) == {1.0}:
-            # 1.0 Å is what many programs write when the pixel size was never set
-            logger.warning(
-                "%s: header voxel size is 1.0 Å (often unset); resampling it to the model's %.4g Å. "
-                "Pass --voxel-size if the header is wrong.",
-                path,
-                self.model_voxel_size,
-            )
+        invert = self.invert if self.invert is not None else self.polarity(volume, norm, scale, path)
+        sign = np.float32(-1.0 if invert else 1.0)
         depth, ny, nx = volume.shape
         c = self.num_classes
         halo = min(depth, math.ceil(self.halo / scale[0]))  # in input slices
@@ -532,7 +572,7 @@ class TomogramSegmenter:
             acc_start = 0
             ranges = list(_slab_ranges(depth, slab, halo))
             for i, (start, stop, lo, hi) in enumerate(ranges):
-                block = norm(np.asarray(volume[lo:hi], dtype=np.float32), name=str(path))
+                block = sign * norm(np.asarray(volume[lo:hi], dtype=np.float32), name=str(path))
                 release_pages(volume[lo:hi])
                 if self.context > 1:
                     # 2.5-D: the halo is context only, every core plane sees all its neighbours
@@ -567,12 +607,20 @@ class TomogramSegmenter:
         seconds = time.perf_counter() - t0
         total = max(1, int(counts.sum()))
         fractions = {name: float(counts[k]) / total for k, name in enumerate(CLASS_NAMES[:c])}
+        if fractions[CLASS_NAMES[0]] > 0.999:
+            logger.warning(
+                "%s: the result is essentially all background (%.3f %%); check the voxel size "
+                "(%s Å) and the contrast polarity (dense material dark, or --invert yes).",
+                path, 100 * (1 - fractions[CLASS_NAMES[0]]), "/".join(f"{v:.4g}" for v in voxel_size),
+            )
         return {
             "input": str(path),
             **{k: str(v) for k, v in outputs.items()},
             "shape": (depth, ny, nx),
             "voxel_size": voxel_size,
             "resampled": scale != (1.0, 1.0, 1.0),
+            "inverted": bool(invert),
+            "polarity": "auto" if self.invert is None else "given",
             "seconds": seconds,
             "class_fractions": fractions,
         }
