@@ -18,7 +18,7 @@ from pathlib import Path
 from monai.bundle import ConfigParser
 
 from cryoet_monai import CLASS_NAMES
-from cryoet_monai.evaluation.transfer import evaluate_real_crops, evaluate_styles
+from cryoet_monai.evaluation.transfer import evaluate_polarity, evaluate_real_crops, evaluate_styles
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,10 +41,11 @@ def main() -> None:
     segmenter = parser.get_parsed_content("segmenter")
 
     report = evaluate_styles(segmenter, args.out, n_per_family=args.n)
+    report["polarity"] = evaluate_polarity(segmenter)
     if (Path(args.corpus) / "real").is_dir():
         real = evaluate_real_crops(segmenter, args.corpus, Path(args.out) / "real")
         report["real_microtubule_crops"] = real
-        (Path(args.out) / "transfer.json").write_text(json.dumps(report, indent=2) + "\n")
+    (Path(args.out) / "transfer.json").write_text(json.dumps(report, indent=2) + "\n")
     names = CLASS_NAMES[1:]
     print("| family | " + " | ".join(names) + " | mean | max absent-class fraction |")
     print("|---" * (len(names) + 3) + "|")
@@ -52,6 +53,8 @@ def main() -> None:
         cells = ["–" if r["f1"][n] is None else f"{r['f1'][n]:.2f}" for n in names]
         tail = f" | {r['mean_f1']:.2f} | {100 * r['max_absent_fraction']:.2f} % |"
         print(f"| {family} | " + " | ".join(cells) + tail)
+    pol = report["polarity"]["all"]
+    print(f"polarity auto: {pol['right']} of {pol['of']} right ({100 * pol['accuracy']:.0f} %)")
     for name, f1 in report.get("real_microtubule_crops", {}).items():
         print(f"real crop {name}: microtubule tolerant F1 {f1:.2f}")
 

@@ -165,8 +165,9 @@ def sample_params(
         "mean_free_path": _uniform(rng, 2500.0, 4000.0),
         "reconstruction": "sirt_like" if rng.random() < 0.35 else "wbp",
         "sirt_iterations": int(rng.integers(5, 31)),
-        "radial_cutoff": _uniform(rng, 0.25, 0.5),
-        "radial_falloff": _uniform(rng, 0.03, 0.15),
+        # IMOD's RADIAL default is 0.35 / 0.035 cycles per pixel, i.e. 0.7 / 0.07 of Nyquist
+        "radial_cutoff": _uniform(rng, 0.5, 0.9),
+        "radial_falloff": _uniform(rng, 0.05, 0.2),
     }
     if tilt_range is None:
         tilt_range = (-draws["tilt_half"] + draws["tilt_asym"], draws["tilt_half"] + draws["tilt_asym"])

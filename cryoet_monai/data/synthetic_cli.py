@@ -34,12 +34,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--test-fraction", type=float, default=0.1, help="tomograms for test (default 0.1)")
     p.add_argument("--dtype", default="float32", choices=(*STORAGE_DTYPES, "random"),
                    help="storage dtype of the tomograms (default float32; 'random' varies it)")
-    p.add_argument("--snr", type=float, default=None, help="fixed SNR per voxel (default random 0.5-2)")
+    p.add_argument("--mode", choices=("tilt_series", "fourier"), default="tilt_series",
+                   help="image formation: a simulated tilt series + WBP/SIRT-like (default) or the fast "
+                   "3-D Fourier filter")
+    p.add_argument("--dose", type=float, default=None, metavar="E_PER_A2",
+                   help="total dose of the tilt series in e/A^2 (default random 60-180; tilt_series mode)")
+    p.add_argument("--snr", type=float, default=None,
+                   help="fixed SNR per voxel (fourier mode; default random 0.5-2); "
+                   "'inf' = noise-free in both modes")
     p.add_argument("--tilt-range", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
                    help="tilt range in degrees (default random around -60 60)")
     p.add_argument("--tilt-step", type=float, default=None, help="tilt step in degrees, 0 = continuous")
     p.add_argument("--defocus", type=float, default=None, metavar="µm",
-                   help="defocus in µm, negative = underfocus (default random -6..-2)")
+                   help="defocus in µm, negative = underfocus (default random -8..-1.5)")
     p.add_argument("--phase-flip", choices=("yes", "no"), default=None,
                    help="CTF phase flipping (default random)")
     p.add_argument("--invert", action="store_true", help="dense material bright (default: raw, dense dark)")
@@ -50,9 +57,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    options = {"invert": args.invert}
+    options = {"invert": args.invert, "mode": args.mode}
     for key, value in (("snr", args.snr), ("tilt_range", args.tilt_range), ("tilt_step", args.tilt_step),
-                       ("defocus_um", args.defocus)):
+                       ("defocus_um", args.defocus), ("dose", args.dose)):
         if value is not None:
             options[key] = tuple(value) if isinstance(value, list) else value
     if args.phase_flip is not None:

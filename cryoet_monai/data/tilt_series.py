@@ -63,8 +63,8 @@ class TiltSeriesParams:
     ice_thickness: float = 1000.0  # Å, along the beam at zero tilt
     reconstruction: str = "wbp"  # "wbp" or "sirt_like"
     sirt_iterations: int = 15  # for "sirt_like"
-    radial_cutoff: float = 0.45  # fraction of Nyquist where the radial fall-off starts
-    radial_falloff: float = 0.08  # Gaussian fall-off width, fraction of Nyquist
+    radial_cutoff: float = 0.7  # fraction of Nyquist where the radial fall-off starts (IMOD: 0.35 cycles/px)
+    radial_falloff: float = 0.07  # Gaussian fall-off width, fraction of Nyquist (IMOD: 0.035 cycles/px)
 
 
 def tilt_angles(p: TiltSeriesParams) -> tuple[np.ndarray, np.ndarray]:

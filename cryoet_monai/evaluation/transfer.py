@@ -27,7 +27,14 @@ from cryoet_monai import CLASS_NAMES
 from cryoet_monai.io.mrc import read_mrc, save_mrc
 from cryoet_monai.metrics import tolerant_counts
 
-__all__ = ["STYLE_FAMILIES", "TRAINING_STYLE", "evaluate_styles", "evaluate_real_crops", "score_volume"]
+__all__ = [
+    "STYLE_FAMILIES",
+    "TRAINING_STYLE",
+    "evaluate_polarity",
+    "evaluate_real_crops",
+    "evaluate_styles",
+    "score_volume",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -149,3 +156,31 @@ def evaluate_real_crops(segmenter: Any, corpus: str | os.PathLike, out_dir: str 
         pred, _ = read_mrc(result["seg"], mmap=False)
         scores[image.stem] = score_volume(pred, label, tolerance)["f1"].get("microtubule", 0.0)
     return scores
+
+
+def evaluate_polarity(
+    segmenter: Any,
+    families: Mapping[str, tuple[float, Mapping[str, Any]]] = STYLE_FAMILIES,
+    n_per_family: int = 4,
+    shape: Sequence[int] = (48, 256, 256),
+    seed: int = 70_000,
+) -> dict[str, Any]:
+    """How often :meth:`TomogramSegmenter.polarity` decides right, on synthetic tomograms written
+    both ways (dense dark and dense bright) for every family. Returns counts per family."""
+    from cryoet_monai.data.synthetic import generate_tomogram
+
+    out: dict[str, Any] = {}
+    right = total = 0
+    for fi, (family, (voxel_size, options)) in enumerate(families.items()):
+        ok = 0
+        for i in range(n_per_family):
+            image, _ = generate_tomogram(tuple(shape), voxel_size, seed + 1000 * fi + i, **dict(options))
+            scale = segmenter.zoom_factors((voxel_size,) * 3)
+            for inverted in (False, True):
+                volume = -image if inverted else image
+                norm = segmenter.normalizer.fit(volume, name=family)
+                ok += segmenter.polarity(volume, norm, scale, Path(f"{family}_{i}")) == inverted
+        out[family] = {"right": ok, "of": 2 * n_per_family}
+        right, total = right + ok, total + 2 * n_per_family
+    out["all"] = {"right": right, "of": total, "accuracy": right / max(total, 1)}
+    return out

@@ -48,8 +48,8 @@ from cryoet_monai.io.mrc import (
     read_mrc,
     release_pages,
 )
-from cryoet_monai.transforms.intensity import NonFiniteIntensityError, RobustNormalizeIntensity
 from cryoet_monai.precision import parse_bool
+from cryoet_monai.transforms.intensity import NonFiniteIntensityError, RobustNormalizeIntensity
 from cryoet_monai.transforms.sampling import StackSlices
 
 __all__ = ["InferenceError", "TomogramSegmenter", "find_inputs", "output_stem", "shard"]
@@ -357,7 +357,7 @@ class TomogramSegmenter:
             raise InferenceError(f"voxel size must be positive and finite (Å), got {value!r}.")
         return v  # type: ignore[return-value]
 
-    def _scale(self, voxel_size: tuple[float, float, float]) -> tuple[float, float, float]:
+    def zoom_factors(self, voxel_size: tuple[float, float, float]) -> tuple[float, float, float]:
         """Zoom factors input grid -> model grid per (z, y, x); 1 where no resampling is done."""
         if not self.resample or self.model_voxel_size is None:
             return (1.0, 1.0, 1.0)
@@ -533,7 +533,7 @@ class TomogramSegmenter:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         norm = self._normalizer_for(volume, path)
         release_pages(volume)  # the statistics' subsample touched every few planes
-        scale = self._scale(voxel_size)
+        scale = self.zoom_factors(voxel_size)
         invert = self.invert if self.invert is not None else self.polarity(volume, norm, scale, path)
         sign = np.float32(-1.0 if invert else 1.0)
         depth, ny, nx = volume.shape
