@@ -15,6 +15,7 @@ from collections.abc import Sequence
 _SUBCOMMANDS: dict[str, str] = {
     "synth": "cryoet_monai.data.synthetic_cli",
     "segment": "cryoet_monai.inference.cli",
+    "finetune": "cryoet_monai.finetune_cli",
 }
 
 

@@ -131,7 +131,14 @@ def run(args: argparse.Namespace) -> int:
     # SIGTERM (e.g. a batch scheduler) unwinds like Ctrl-C, so temporary outputs are removed
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     overrides: dict[str, Any] = {"input": [str(p) for p in args.inputs], "output_dir": str(args.output_dir)}
-    if args.model is not None:
+    config = args.config
+    if args.model is not None and args.model.is_dir():
+        # a model folder (fine-tuned or packaged) describes itself: its own configs and weights
+        if config is not None:
+            print("error: give either --config or a model folder as --model, not both", file=sys.stderr)
+            return 2
+        config = args.model
+    elif args.model is not None:
         overrides["model_path"] = str(args.model)
     optional = {
         "device": args.device,
@@ -156,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     if args.no_progress:
         overrides["progress"] = False
     try:
-        parser = build_segmenter(args.config, **overrides)
+        parser = build_segmenter(config, **overrides)
         segmenter = parser.get_parsed_content("segmenter")
         inputs, output_dir = parser.get_parsed_content("input"), parser.get_parsed_content("output_dir")
     except (RuntimeError, ValueError, AssertionError, OSError) as err:
@@ -186,7 +193,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     p.add_argument("inputs", nargs="+", help="tomogram files, glob patterns, folders or a datalist .json")
     p.add_argument("-o", "--output-dir", required=True, type=Path, help="output folder")
-    p.add_argument("--model", type=Path, help="state_dict checkpoint (default: the bundle's models/model.pt)")
+    p.add_argument("--model", type=Path,
+                   help="a model folder (configs/ + models/model.pt, e.g. from 'finetune') or a state_dict "
+                   "checkpoint for the config's network (default: the shipped model)")
     p.add_argument("--config", help="bundle folder or inference config file (default: this package's bundle)")
     p.add_argument(
         "--tta", action="store_const", const=8, help="test-time augmentation: 8 in-plane flips/rotations"

@@ -253,7 +253,7 @@ class TomogramSegmenter:
             )
         self.stack_slices = StackSlices(self.context)
         if model_path is not None:
-            self._load_weights(network, Path(model_path))
+            self.load_weights(network, Path(model_path))
         network = network.eval()
         if fold_bn:
             network = fold_batch_norm(network)
@@ -334,7 +334,7 @@ class TomogramSegmenter:
         return state
 
     @classmethod
-    def _load_weights(cls, network: nn.Module, path: Path) -> None:
+    def load_weights(cls, network: nn.Module, path: Path) -> None:
         try:
             network.load_state_dict(cls._load_state_dict(path))
         except RuntimeError as err:  # missing/unexpected keys or shape mismatches
@@ -443,7 +443,7 @@ class TomogramSegmenter:
         except ValueError as err:  # NaN/inf, constant or empty volume: the message names the file
             raise InferenceError(str(err)) from err
 
-    def _check(self, volume: np.ndarray, meta: dict, path: Path) -> tuple[float, float, float]:
+    def check_input(self, volume: np.ndarray, meta: dict, path: Path) -> tuple[float, float, float]:
         if volume.ndim != 3:
             raise InferenceError(
                 f"{path}: is {volume.ndim}-D with shape {tuple(volume.shape)}; "
@@ -524,7 +524,7 @@ class TomogramSegmenter:
         if not path.exists() and any(ch in str(path) for ch in _GLOB_CHARS):
             raise InferenceError(f"{path}: no file matches this pattern.")
         volume, meta = read_mrc(path, mmap=True)
-        voxel_size = self._check(volume, meta, path)
+        voxel_size = self.check_input(volume, meta, path)
         origin = tuple(float(v) for v in meta.get("origin", (0.0, 0.0, 0.0)))
         outputs = self.output_paths(path, output_dir)
         if not self.overwrite and outputs["seg"].exists():
