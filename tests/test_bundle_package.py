@@ -23,6 +23,9 @@ from cryoet_monai.bundle_tools import (
 )
 from cryoet_monai.networks import PaperUNet
 
+SHIPPED_IN_CHANNELS = json.loads(
+    (Path(__file__).resolve().parents[1] / "configs" / "inference.json").read_text()
+)["network_def"]["in_channels"]
 TINY = [4, 8, 16, 32, 64]
 
 
@@ -30,7 +33,7 @@ TINY = [4, 8, 16, 32, 64]
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("weights") / "tiny.pt"
-    torch.save(PaperUNet(spatial_dims=2, features=TINY).state_dict(), path)
+    torch.save(PaperUNet(spatial_dims=2, in_channels=SHIPPED_IN_CHANNELS, features=TINY).state_dict(), path)
     return path
 
 

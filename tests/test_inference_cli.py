@@ -23,6 +23,10 @@ from cryoet_monai.inference.cli import build_segmenter, find_bundle_config, main
 from cryoet_monai.io.mrc import read_mrc, save_mrc
 from cryoet_monai.metrics import confusion_matrix, per_class_f1
 
+# tiny test networks take what the shipped network takes (slices as channels for a 2.5-D model)
+SHIPPED_IN_CHANNELS = json.loads(
+    (Path(__file__).resolve().parents[1] / "configs" / "inference.json").read_text()
+)["network_def"]["in_channels"]
 FEATURES = [4, 8, 16, 32, 64]
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -45,7 +49,7 @@ def tiny_bundle(tmp_path: Path, repo_root: Path) -> Path:
     (root / "configs" / "inference.json").write_text(json.dumps(config))
     shutil.copy(repo_root / "configs" / "metadata.json", root / "configs" / "metadata.json")
     torch.manual_seed(0)
-    net = PaperUNet(2, 1, 6, features=FEATURES)
+    net = PaperUNet(2, SHIPPED_IN_CHANNELS, 6, features=FEATURES)
     torch.save(net.state_dict(), root / "models" / "model.pt")
     return root
 
@@ -109,7 +113,7 @@ def test_bundle_run_subprocess(tmp_path: Path, repo_root: Path) -> None:
     save_mrc(src, _volume((5, 32, 48), seed=2), voxel_size=10.0)
     model = tmp_path / "model.pt"
     torch.manual_seed(0)
-    torch.save(PaperUNet(2, 1, 6, features=FEATURES).state_dict(), model)
+    torch.save(PaperUNet(2, SHIPPED_IN_CHANNELS, 6, features=FEATURES).state_dict(), model)
     out = tmp_path / "bundle_out"
     cmd = [
         sys.executable, "-m", "monai.bundle", "run",
@@ -225,7 +229,7 @@ def test_cli_setup_errors_are_one_line(
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"this is not a checkpoint")
     wide = tmp_path / "wide.pt"
-    torch.save(PaperUNet(2, 1, 6, features=[8, 16, 32, 64, 128]).state_dict(), wide)
+    torch.save(PaperUNet(2, SHIPPED_IN_CHANNELS, 6, features=[8, 16, 32, 64, 128]).state_dict(), wide)
     cases = [
         (["--model", str(tmp_path / "missing.pt")], r"error: .*missing\.pt: model checkpoint not found\.$"),
         (["--model", str(corrupt)], r"error: .*corrupt\.pt: cannot load the model checkpoint"),
