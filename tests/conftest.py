@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+
+from cryoet_monai import PaperUNet
 
 torch.set_num_threads(2)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Real MRC files written by other software; never copied into the project.
 MRC_CORPUS = REPO_ROOT.parent / "shared" / "mrc-corpus"
+# tiny test networks take what the shipped network takes (slices as channels for a 2.5-D model)
+SHIPPED_IN_CHANNELS = json.loads((REPO_ROOT / "configs" / "inference.json").read_text())["network_def"][
+    "in_channels"
+]
+FEATURES = [4, 8, 16, 32, 64]
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +43,21 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def tiny_bundle(tmp_path: Path, repo_root: Path) -> Path:
+    """A copy of the bundle's configs with a tiny network, plus its weights in models/model.pt."""
+    root = tmp_path / "bundle"
+    (root / "configs").mkdir(parents=True)
+    (root / "models").mkdir()
+    config = json.loads((repo_root / "configs" / "inference.json").read_text())
+    config["network_def"]["features"] = FEATURES
+    (root / "configs" / "inference.json").write_text(json.dumps(config))
+    shutil.copy(repo_root / "configs" / "metadata.json", root / "configs" / "metadata.json")
+    torch.manual_seed(0)
+    net = PaperUNet(2, SHIPPED_IN_CHANNELS, 6, features=FEATURES)
+    torch.save(net.state_dict(), root / "models" / "model.pt")
+    return root
+
+

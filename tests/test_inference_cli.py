@@ -16,18 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import FEATURES, SHIPPED_IN_CHANNELS
 
 from cryoet_monai import PaperUNet
 from cryoet_monai.inference import TomogramSegmenter
 from cryoet_monai.inference.cli import build_segmenter, find_bundle_config, main
 from cryoet_monai.io.mrc import read_mrc, save_mrc
 from cryoet_monai.metrics import confusion_matrix, per_class_f1
-
-# tiny test networks take what the shipped network takes (slices as channels for a 2.5-D model)
-SHIPPED_IN_CHANNELS = json.loads(
-    (Path(__file__).resolve().parents[1] / "configs" / "inference.json").read_text()
-)["network_def"]["in_channels"]
-FEATURES = [4, 8, 16, 32, 64]
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -36,22 +31,6 @@ def _volume(shape, seed: int = 0) -> np.ndarray:
     from cryoet_monai.data.synthetic import generate_tomogram
 
     return generate_tomogram(shape=shape, voxel_size=10.0, seed=seed)[0]
-
-
-@pytest.fixture
-def tiny_bundle(tmp_path: Path, repo_root: Path) -> Path:
-    """A copy of the bundle's configs with a tiny network, plus its weights in models/model.pt."""
-    root = tmp_path / "bundle"
-    (root / "configs").mkdir(parents=True)
-    (root / "models").mkdir()
-    config = json.loads((repo_root / "configs" / "inference.json").read_text())
-    config["network_def"]["features"] = FEATURES
-    (root / "configs" / "inference.json").write_text(json.dumps(config))
-    shutil.copy(repo_root / "configs" / "metadata.json", root / "configs" / "metadata.json")
-    torch.manual_seed(0)
-    net = PaperUNet(2, SHIPPED_IN_CHANNELS, 6, features=FEATURES)
-    torch.save(net.state_dict(), root / "models" / "model.pt")
-    return root
 
 
 def _env(repo_root: Path) -> dict[str, str]:

@@ -123,13 +123,22 @@ def _error_line(err: BaseException) -> str:
     return f"error: {type(err).__name__}: {message}"
 
 
+def _stop_on_signal(signum: int, frame: Any) -> None:
+    print(f"interrupted by {signal.Signals(signum).name}: unfinished outputs removed, finished ones kept",
+          file=sys.stderr, flush=True)
+    sys.exit(128 + signum)
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``cryoet-monai segment``; exit status 1 when any input failed."""
     from cryoet_monai.inference.engine import InferenceError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    # SIGTERM (e.g. a batch scheduler) unwinds like Ctrl-C, so temporary outputs are removed
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    # SIGTERM (a batch scheduler), SIGINT (Ctrl-C) and SIGHUP (terminal closed) unwind the same way:
+    # one line, temporary outputs removed, exit 128 + signal
+    for sig in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            signal.signal(sig, _stop_on_signal)
     overrides: dict[str, Any] = {"input": [str(p) for p in args.inputs], "output_dir": str(args.output_dir)}
     config = args.config
     if args.model is not None and args.model.is_dir():
@@ -150,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
         "min_component_size": args.min_size,
         "invert": args.invert,
     }
+    if args.skip_existing:
+        overrides["overwrite"] = False
     overrides.update({k: v for k, v in optional.items() if v is not None})
     if args.voxel_size is not None:
         overrides["voxel_size"] = args.voxel_size
@@ -238,6 +249,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--probs", action="store_true", help="also write <name>_probs.mrc (float16, 6 channels)")
     p.add_argument("--uncertainty", action="store_true", help="also write <name>_uncertainty.mrc (entropy)")
     p.add_argument("--no-resample", action="store_true", help="never resample to the model's voxel size")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="skip tomograms whose <name>_seg.mrc exists (resume a batch); default: overwrite")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (slow first slab)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

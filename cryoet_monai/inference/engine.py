@@ -47,12 +47,21 @@ from cryoet_monai.io.mrc import (
     mrc_stem,
     read_mrc,
     release_pages,
+    remove_stale_temporaries,
 )
 from cryoet_monai.precision import parse_bool
 from cryoet_monai.transforms.intensity import NonFiniteIntensityError, RobustNormalizeIntensity
 from cryoet_monai.transforms.sampling import StackSlices
 
-__all__ = ["InferenceError", "TomogramSegmenter", "find_inputs", "output_stem", "shard"]
+__all__ = [
+    "OUTPUT_SUFFIXES",
+    "InferenceError",
+    "TomogramSegmenter",
+    "find_inputs",
+    "is_output",
+    "output_stem",
+    "shard",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -115,17 +124,29 @@ def find_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list
         text = os.fspath(item)
         path = Path(text).expanduser()
         if path.is_dir():
-            found += sorted(p for p in path.iterdir() if _is_mrc(p)) or [path]
+            found += sorted(p for p in path.iterdir() if _is_mrc(p) and not is_output(p)) or [path]
         elif path.suffix.lower() == ".json":
             found += _from_datalist(path)
         elif any(ch in text for ch in _GLOB_CHARS) and not path.exists():
-            found += sorted(Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True)) or [path]
+            matches = (Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True))
+            found += sorted(p for p in matches if not is_output(p)) or [path]
         else:
             found.append(path)
+    # one entry per file, however it was named (a.mrc, $PWD/a.mrc, d/../a.mrc)
     unique: dict[str, Path] = {}
     for p in found:
-        unique.setdefault(str(p), p)
+        unique.setdefault(os.path.realpath(p), p)
     return list(unique.values())
+
+
+#: name endings of the files ``segment`` writes (never taken as inputs from folders or globs)
+OUTPUT_SUFFIXES = ("_seg", "_probs", "_uncertainty")
+
+
+def is_output(path: str | os.PathLike) -> bool:
+    """True for ``<name>_seg.mrc``, ``<name>_probs.mrc`` and ``<name>_uncertainty.mrc``: our outputs,
+    so that a second run over a folder that holds them does not segment its own results."""
+    return output_stem(path).endswith(OUTPUT_SUFFIXES)
 
 
 def shard(files: Sequence[Path], rank: int | None = None, world_size: int | None = None) -> list[Path]:
@@ -241,6 +262,11 @@ class TomogramSegmenter:
                 )
         if not 0.0 <= float(overlap) < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {overlap!r}.")
+        channels_last = parse_bool(channels_last, "channels_last")
+        compile = parse_bool(compile, "compile")
+        fold_bn = parse_bool(fold_bn, "fold_bn")
+        if isinstance(tta, str):
+            tta = int(tta) if tta.strip().isdigit() else parse_bool(tta, "tta")
         n_tta = 8 if tta is True else (int(tta) if tta else 1)
         if not 1 <= n_tta <= 8:
             raise ValueError(f"tta must be a count of 1 to 8 flips/rotations, got {tta!r}.")
@@ -276,6 +302,12 @@ class TomogramSegmenter:
                 f"roi_size {roi} must have 1 or {self.spatial_dims} entries "
                 f"for a {self.spatial_dims}-D model."
             )
+        if any(0 < r < model.size_divisible for r in roi):
+            # smaller windows are padded up to one down-sampling block: no context, empty output
+            raise ValueError(
+                f"roi_size {roi}: windows under {model.size_divisible} voxels are too small for this "
+                "network (-1 = whole slices)."
+            )
         self.roi_size = roi
         self.overlap = float(overlap)
         self.sw_batch_size = None if sw_batch_size is None else max(1, int(sw_batch_size))
@@ -284,17 +316,17 @@ class TomogramSegmenter:
         self.batch_pixels = int(batch_pixels)
         self.blend_mode = blend_mode
         self.slab_size = max(1, int(slab_size))
-        self.save_probs = bool(save_probs)
-        self.save_uncertainty = bool(save_uncertainty)
+        self.save_probs = parse_bool(save_probs, "save_probs")
+        self.save_uncertainty = parse_bool(save_uncertainty, "save_uncertainty")
         self.model_voxel_size = None if model_voxel_size is None else float(model_voxel_size)
         self.voxel_size = None if voxel_size is None else self._as_zyx(voxel_size)
-        self.resample = bool(resample)
+        self.resample = parse_bool(resample, "resample")
         self.resample_tolerance = float(resample_tolerance)
         self.min_component_size = min_component_size
         self.normalizer = normalizer if normalizer is not None else RobustNormalizeIntensity()
         self.num_classes = int(num_classes)
-        self.progress = bool(progress)
-        self.overwrite = bool(overwrite)
+        self.progress = parse_bool(progress, "progress")
+        self.overwrite = parse_bool(overwrite, "overwrite")
         if isinstance(invert, str) and invert.lower() == "auto":
             self.invert: bool | None = None
         else:
@@ -439,9 +471,17 @@ class TomogramSegmenter:
     def _normalizer_for(self, volume: np.ndarray, path: Path) -> RobustNormalizeIntensity:
         """The normaliser with statistics of the whole tomogram (a strided subsample) frozen in."""
         try:
-            return self.normalizer.fit(volume, name=str(path))
+            norm = self.normalizer.fit(volume, name=str(path))
         except ValueError as err:  # NaN/inf, constant or empty volume: the message names the file
             raise InferenceError(str(err)) from err
+        if norm.stats is not None and not norm.stats.upper > norm.stats.lower:
+            # a flat (blank, all-zero or saturated) volume has no structure: refuse it, do not
+            # write a confident-looking segmentation of nothing
+            raise InferenceError(
+                f"{path}: the volume is flat (intensities {norm.stats.lower:.4g} to {norm.stats.upper:.4g} "
+                "between the 0.5th and 99.5th percentiles); nothing to segment."
+            )
+        return norm
 
     def check_input(self, volume: np.ndarray, meta: dict, path: Path) -> tuple[float, float, float]:
         if volume.ndim != 3:
@@ -456,7 +496,7 @@ class TomogramSegmenter:
                 f"{path}: unsupported data type {volume.dtype}; expected real-valued voxels."
             )
         if self.voxel_size is not None:
-            return self.voxel_size
+            return self._plausible(self.voxel_size, path, "--voxel-size")
         vs = tuple(float(v) for v in meta.get("voxel_size", (0.0, 0.0, 0.0)))
         if len(vs) != 3 or not all(math.isfinite(v) and v > 0 for v in vs):
             raise InferenceError(
@@ -470,7 +510,25 @@ class TomogramSegmenter:
                 f"{path}: header voxel size is 1.0 Å, which usually means 'not set'; "
                 "pass the real voxel size with --voxel-size (Å)."
             )
-        return vs  # type: ignore[return-value]
+        return self._plausible(vs, path, "header")  # type: ignore[arg-type]
+
+    #: voxel sizes (Å) accepted when resampling to the model's grid: outside, a header is almost
+    #: surely wrong, and resampling by it would allocate absurd amounts of memory or shrink the
+    #: tomogram to nothing
+    PLAUSIBLE_VOXEL_SIZE = (0.5, 100.0)
+
+    def _plausible(
+        self, vs: tuple[float, float, float], path: Path, source: str
+    ) -> tuple[float, float, float]:
+        lo, hi = self.PLAUSIBLE_VOXEL_SIZE
+        if self.resample and self.model_voxel_size is not None and not all(lo <= v <= hi for v in vs):
+            each = [f"{v:.4g}" for v in vs]
+            shown = each[0] if len(set(each)) == 1 else "/".join(each)
+            raise InferenceError(
+                f"{path}: {source} voxel size {shown} Å is outside the plausible {lo:g}-{hi:g} Å; "
+                "fix it with --voxel-size, or segment on the file's own grid with --no-resample."
+            )
+        return vs
 
     #: how much more confident (mean max-probability) the inverted input must make the model
     POLARITY_MARGIN = 0.02
@@ -663,13 +721,17 @@ class TomogramSegmenter:
         every = find_inputs(inputs)
         if not every:
             raise InferenceError(f"no input tomograms given ({inputs!r}).")
+        for stale in remove_stale_temporaries(output_dir):  # left by a killed run
+            logger.warning("removed %s, a temporary output of an earlier run that was killed", stale)
         self.check_output_names(every, output_dir)
         files = shard(every)
         results: list[dict[str, Any]] = []
         for path in files:
             try:
                 result = self.segment(path, output_dir)
-            except (InferenceError, MRCFormatError, NonFiniteIntensityError, OSError) as err:
+            except (InferenceError, MRCFormatError, NonFiniteIntensityError, OSError, RuntimeError,
+                    MemoryError, ValueError) as err:
+                # whatever goes wrong inside one tomogram is that tomogram's error: the batch goes on
                 message = str(err) if str(path) in str(err) else f"{path}: {err}"
                 logger.debug("skipped %s", message, exc_info=True)  # the terminal gets the line below
                 print(f"ERROR  skipped {message}", flush=True)

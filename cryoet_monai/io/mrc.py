@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import bz2
 import contextlib
+import errno
 import gzip
 import logging
 import mmap
 import os
+import re
+import time
 import uuid
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -49,6 +52,7 @@ __all__ = [
     "mrc_stem",
     "read_mrc",
     "release_pages",
+    "remove_stale_temporaries",
     "save_mrc",
 ]
 
@@ -613,7 +617,71 @@ def release_pages(view: np.ndarray) -> None:
 
 
 def _temporary_path(path: Path) -> Path:
-    return path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+    # the writer's pid in the name lets a later run tell a dead writer's leftovers from live files
+    return path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+
+
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.tmp$")
+
+
+def remove_stale_temporaries(folder: PathLike, min_age_s: float = 120.0) -> list[Path]:
+    """Delete the temporary files that writers of this module left in ``folder`` when they were
+    killed (SIGKILL, power loss): ``.<name>.<pid>-<id>.tmp`` whose process no longer exists on this
+    machine and which were last modified more than ``min_age_s`` seconds ago. Another process's
+    live file is never touched. Returns the removed paths."""
+    removed: list[Path] = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    now = time.time()
+    for entry in folder.iterdir():
+        m = _TEMPORARY.match(entry.name)
+        if m is None or not entry.is_file():
+            continue
+        pid = int(m.group("pid"))
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # its writer is alive
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # alive, another user's
+        try:
+            if now - entry.stat().st_mtime < min_age_s:
+                continue
+            entry.unlink()
+            removed.append(entry)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def _reserve(path: Path, target: Path) -> None:
+    """Allocate the whole file now, so that a full disk is an ``OSError`` here and not a SIGBUS
+    later, when a page of the memory map is written with no space behind it."""
+    size = path.stat().st_size
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as err:
+        if err.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            return  # the filesystem cannot reserve space; nothing better to do
+        raise (_space_error(err, target, size) or err) from err
+    finally:
+        os.close(fd)
+
+
+def _space_error(err: OSError, target: Path, size: int) -> MRCWriteError | None:
+    """Our one-line error for a full disk, a quota or a file-size limit; None for other errors."""
+    if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return None
+    out = MRCWriteError(
+        f"{target}: not enough space in {target.parent} for {size / 2**20:.1f} MiB ({err.strerror})"
+    )
+    out.__cause__ = err
+    return out
 
 
 def _compression_for(path: Path) -> str | None:
@@ -724,8 +792,14 @@ def create_mrc(
     vs, org = _xyz(voxel_size, "voxel_size", path), _xyz(origin, "origin", path)
     tmp = _temporary_path(path)
     try:
-        mrc = mrcfile.new_mmap(tmp, shape, mrc_mode=mode, fill=fill, overwrite=True)
         try:
+            mrc = mrcfile.new_mmap(tmp, shape, mrc_mode=mode, fill=fill, overwrite=True)
+        except OSError as err:
+            size = int(np.prod(shape)) * np.dtype(disk_dtype).itemsize
+            raise (_space_error(err, path, size) or err) from err
+        try:
+            if hasattr(os, "posix_fallocate"):
+                _reserve(tmp, path)
             view = mrc.data.view(np.uint8) if unsigned else mrc.data
             yield view
             _finish_header(mrc, view, vs, org, unsigned, path)
