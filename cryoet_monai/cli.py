@@ -20,9 +20,16 @@ _SUBCOMMANDS: dict[str, str] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from cryoet_monai import __version__
+
     parser = argparse.ArgumentParser(
-        prog="cryoet-monai", description="Automatic annotation of cryo-electron tomograms (MONAI)."
+        prog="cryoet-monai",
+        description="Automatic annotation of cryo-electron tomograms (MONAI): labels 0 background, "
+        "1 microtubule, 2 ribosome, 3 double membrane, 4 single membrane, 5 carbon edge.",
+        epilog="example: cryoet-monai segment tomo.mrc -o out/   (then open out/tomo_seg.mrc in napari, "
+        "IMOD 3dmod or ChimeraX)",
     )
+    parser.add_argument("--version", action="version", version=f"cryoet-monai {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in _SUBCOMMANDS.values():
         importlib.import_module(module).add_parser(sub)
