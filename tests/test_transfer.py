@@ -181,3 +181,20 @@ def test_unset_one_angstrom_header_is_refused(tmp_path: Path, capsys: pytest.Cap
     assert not (tmp_path / "out").exists()  # nothing written
     # with the voxel size given it runs
     assert _tiny_segmenter(voxel_size=10.0).segment(tmp_path / "unset.mrc", tmp_path / "out")["seg"]
+
+
+def test_preview_png_and_summary_json(tmp_path: Path):
+    import json
+
+    image = np.random.default_rng(2).standard_normal((10, 48, 64)).astype(np.float32)
+    save_mrc(tmp_path / "t.mrc", image, voxel_size=10.0)
+    seg = _tiny_segmenter(preview=True, save_uncertainty=True)
+    result = seg.segment(tmp_path / "t.mrc", tmp_path / "out")
+    png, summary = Path(result["preview"]), Path(result["summary"])
+    assert png.name == "t_preview.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads(summary.read_text())
+    assert data["shape"] == [10, 48, 64] and data["voxel_size"] == [10.0, 10.0, 10.0]
+    assert abs(sum(data["class_fractions"].values()) - 1) < 1e-6 and 0 <= data["mean_uncertainty"] <= 1
+    unc, _ = read_mrc(result["uncertainty"], mmap=False)
+    assert data["mean_uncertainty"] == pytest.approx(float(unc.astype(np.float64).mean()), abs=1e-3)
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]

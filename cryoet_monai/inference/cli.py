@@ -166,7 +166,8 @@ def run(args: argparse.Namespace) -> int:
         overrides["voxel_size"] = args.voxel_size
     if args.tta_n is not None or args.tta is not None:
         overrides["tta"] = args.tta_n if args.tta_n is not None else args.tta
-    for flag, key in (("probs", "save_probs"), ("uncertainty", "save_uncertainty"), ("compile", "compile")):
+    for flag, key in (("probs", "save_probs"), ("uncertainty", "save_uncertainty"), ("compile", "compile"),
+                      ("preview", "preview")):
         if getattr(args, flag):
             overrides[key] = True
     if args.no_resample:
@@ -198,9 +199,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p = subparsers.add_parser(
         "segment",
         help="segment tomograms (MRC) into labels 0-5",
-        description="Segment whole tomograms with the bundle's model; writes <name>_seg.mrc per input "
-        "(and <name>_probs.mrc / <name>_uncertainty.mrc on request) into the output folder. Inputs may be "
-        "MRC files, globs, folders or a datalist JSON. Under torchrun the inputs are shared across ranks.",
+        description="Segment whole tomograms with the shipped model (or --model); writes <name>_seg.mrc "
+        "per input (and <name>_probs.mrc / <name>_uncertainty.mrc / a preview on request) into the output "
+        "folder, same grid, voxel size and origin as the input. Inputs may be MRC files, globs, folders or "
+        "a datalist JSON; dense material is expected dark (--invert auto checks). Under torchrun the inputs "
+        "are shared across ranks.",
+        epilog="labels: 0 background, 1 microtubule, 2 ribosome, 3 double membrane, 4 single membrane, "
+        "5 carbon edge.  example: cryoet-monai segment tomo.mrc -o out/ --preview  "
+        "(then napari out/tomo_seg.mrc, or 3dmod tomo.mrc out/tomo_seg.mrc)",
     )
     p.add_argument("inputs", nargs="+", help="tomogram files, glob patterns, folders or a datalist .json")
     p.add_argument("-o", "--output-dir", required=True, type=Path, help="output folder")
@@ -248,6 +254,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     p.add_argument("--probs", action="store_true", help="also write <name>_probs.mrc (float16, 6 channels)")
     p.add_argument("--uncertainty", action="store_true", help="also write <name>_uncertainty.mrc (entropy)")
+    p.add_argument("--preview", action="store_true",
+                   help="also write <name>_preview.png (central xy/xz/yz slices with the labels) and "
+                   "<name>_summary.json (class fractions, uncertainty, polarity, voxel size, model, timings)")
     p.add_argument("--no-resample", action="store_true", help="never resample to the model's voxel size")
     p.add_argument("--skip-existing", action="store_true",
                    help="skip tomograms whose <name>_seg.mrc exists (resume a batch); default: overwrite")

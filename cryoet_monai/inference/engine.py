@@ -218,6 +218,9 @@ class TomogramSegmenter:
         normalizer: intensity normalisation (must match training); default ``RobustNormalizeIntensity()``.
         progress: show a progress bar with ETA.
         overwrite: replace existing outputs (else skip tomograms whose labels already exist).
+        preview: also write ``<name>_preview.png`` (central xy/xz/yz slices, raw and with the labels)
+            and ``<name>_summary.json`` (class fractions, mean uncertainty, polarity, voxel size, model,
+            timings) next to the labels.
         invert: contrast polarity of the inputs: ``"auto"`` (decided per tomogram, see
             :meth:`polarity`), ``True``/``"yes"`` (dense material bright: negate), ``False``/``"no"``
             (dense material dark, as the model expects).
@@ -251,6 +254,7 @@ class TomogramSegmenter:
         progress: bool = True,
         overwrite: bool = True,
         invert: str | bool = "auto",
+        preview: bool | str = False,
     ) -> None:
         self.device = _default_device() if device in (None, "auto") else torch.device(device)
         if self.device.type == "cuda":
@@ -326,6 +330,8 @@ class TomogramSegmenter:
         self.normalizer = normalizer if normalizer is not None else RobustNormalizeIntensity()
         self.num_classes = int(num_classes)
         self.progress = parse_bool(progress, "progress")
+        self.preview = parse_bool(preview, "preview")
+        self.model_path = None if model_path is None else str(model_path)
         self.overwrite = parse_bool(overwrite, "overwrite")
         if isinstance(invert, str) and invert.lower() == "auto":
             self.invert: bool | None = None
@@ -565,6 +571,9 @@ class TomogramSegmenter:
             out["probs"] = Path(f"{stem}_probs.mrc")
         if self.save_uncertainty:
             out["uncertainty"] = Path(f"{stem}_uncertainty.mrc")
+        if self.preview:
+            out["preview"] = Path(f"{stem}_preview.png")
+            out["summary"] = Path(f"{stem}_summary.json")
         return out
 
     def segment(self, path: str | os.PathLike, output_dir: str | os.PathLike) -> dict[str, Any]:
@@ -600,6 +609,7 @@ class TomogramSegmenter:
         # a 3-D roi spanning the whole depth: one slab
         slab = depth if self.spatial_dims == 3 and self.roi_size[0] <= 0 else self.slab_size
         counts = np.zeros(c, dtype=np.int64)
+        entropy = np.zeros(1, dtype=np.float64)  # running sum of the normalised entropy
 
         with ExitStack() as stack:
             bar = None
@@ -640,7 +650,7 @@ class TomogramSegmenter:
                     probs = self.predict(block, scale)
                 if lo == start == acc_start and hi == stop and not acc_num.shape[1]:
                     # no halo (2-D models): nothing to blend, write directly
-                    self._write(probs, start, seg_mm, probs_mm, unc_mm, counts)
+                    self._write(probs, start, seg_mm, probs_mm, unc_mm, counts, entropy)
                     acc_start = stop
                     if bar is not None:
                         bar.update(stop - start)
@@ -656,7 +666,7 @@ class TomogramSegmenter:
                 n = done - acc_start
                 if n > 0:
                     final = acc_num[:, :n] / acc_den[:n, None, None]
-                    self._write(final, acc_start, seg_mm, probs_mm, unc_mm, counts)
+                    self._write(final, acc_start, seg_mm, probs_mm, unc_mm, counts, entropy)
                     acc_num, acc_den, acc_start = acc_num[:, n:].clone(), acc_den[n:].clone(), done
                 if bar is not None:
                     bar.update(stop - start)
@@ -671,7 +681,7 @@ class TomogramSegmenter:
                 "(%s Å) and the contrast polarity (dense material dark, or --invert yes).",
                 path, 100 * (1 - fractions[CLASS_NAMES[0]]), "/".join(f"{v:.4g}" for v in voxel_size),
             )
-        return {
+        result = {
             "input": str(path),
             **{k: str(v) for k, v in outputs.items()},
             "shape": (depth, ny, nx),
@@ -681,7 +691,22 @@ class TomogramSegmenter:
             "polarity": "auto" if self.invert is None else "given",
             "seconds": seconds,
             "class_fractions": fractions,
+            "mean_uncertainty": float(entropy[0]) / total,
         }
+        if self.preview:
+            result.update(self._write_preview(volume, outputs, result))
+        return result
+
+    def _write_preview(self, volume: np.ndarray, outputs: dict[str, Path], result: dict[str, Any]) -> dict:
+        """The preview PNG and the JSON summary of a finished tomogram (see :mod:`.preview`)."""
+        from cryoet_monai.inference.preview import write_preview, write_summary
+
+        labels, _ = read_mrc(outputs["seg"], mmap=True)
+        write_preview(volume, labels, outputs["preview"], title=f"{Path(result['input']).name} -> "
+                      f"{outputs['seg'].name}" + (" (contrast inverted)" if result["inverted"] else ""))
+        write_summary({**result, "model": self.model_path, "model_voxel_size": self.model_voxel_size,
+                       "precision": str(self.autocast_dtype or "float32")}, outputs["summary"])
+        return {"preview": str(outputs["preview"]), "summary": str(outputs["summary"])}
 
     def _write(
         self,
@@ -691,8 +716,10 @@ class TomogramSegmenter:
         probs_mm: np.ndarray | None,
         unc_mm: np.ndarray | None,
         counts: np.ndarray,
+        entropy_sum: np.ndarray,
     ) -> None:
-        """Write final probabilities ``(C, n, Y, X)`` of planes ``z0..z0+n`` to the open outputs."""
+        """Write final probabilities ``(C, n, Y, X)`` of planes ``z0..z0+n`` to the open outputs;
+        adds the label counts to ``counts`` and the normalised entropy to ``entropy_sum[0]``."""
         for j in range(probs.shape[1]):  # plane by plane: temporaries stay small
             z, p = z0 + j, probs[:, j]
             seg = p.argmax(0).to(torch.uint8).numpy()
@@ -703,9 +730,10 @@ class TomogramSegmenter:
                 probs_mm[:, z] = p.to(torch.float16).numpy()
                 for c in range(probs_mm.shape[0]):
                     release_pages(probs_mm[c, z])
-            if unc_mm is not None:
-                entropy = torch.special.entr(p).sum(0) / math.log(self.num_classes)  # -p log p, 0 at p=0
-                unc_mm[z] = entropy.clamp_(0.0, 1.0).to(torch.float16).numpy()
+            entropy = (torch.special.entr(p).sum(0) / math.log(self.num_classes)).clamp_(0.0, 1.0)
+            entropy_sum[0] += float(entropy.sum())
+            if unc_mm is not None:  # -p log p, 0 at p=0
+                unc_mm[z] = entropy.to(torch.float16).numpy()
                 release_pages(unc_mm[z])
 
     # ------------------------------------------------------------------ many files
