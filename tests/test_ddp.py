@@ -44,8 +44,10 @@ def test_multi_gpu_config_two_gloo_processes(tmp_path):
     assert log.count("generating 4 synthetic tomograms") == 1
     # only rank 0 logs per-iteration stats: exactly epoch_length loss lines
     assert len(re.findall(r"Epoch: 1/1, Iter: \d/3 -- train_loss", log)) == 3
-    state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    state = torch.load(tmp_path / "runs" / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in state)  # DDP wrapper stripped
     PaperUNet(spatial_dims=2, features=[4, 8, 16, 32, 64], dropout=0.0).load_state_dict(state)
-    last = torch.load(tmp_path / "models" / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+    last = torch.load(
+        tmp_path / "runs" / "models" / "checkpoint_last.pt", map_location="cpu", weights_only=False
+    )
     assert last["trainer"]["iteration"] == 3 and last["trainer"]["epoch_length"] == 3

@@ -147,8 +147,8 @@ def test_evaluate_config_runs_inference_path(labelled_set: Path, tmp_path: Path,
     with torch.no_grad():
         net.weight.copy_(torch.tensor([0.0, 0.5, 0.0, 2.0, -2.0, 0.0]).view(6, 1, 1, 1))
         net.bias.copy_(torch.tensor([1.0, 0.8, -5.0, 0.0, 0.0, -5.0]))
-    (tmp_path / "models").mkdir()
-    torch.save(net.state_dict(), tmp_path / "models" / "model.pt")
+    (tmp_path / "runs" / "models").mkdir(parents=True)  # where a training run leaves its best model
+    torch.save(net.state_dict(), tmp_path / "runs" / "models" / "model.pt")
     configs = repo_root / "configs"
     run(
         "evaluate",

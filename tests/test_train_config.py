@@ -65,10 +65,12 @@ def test_train_json_paper_configuration_runs_with_overrides(tmp_path):
     datalist = next((tmp_path / ".cache").glob("synthetic-*/datalist.json"))
     assert json.loads(datalist.read_text())["validation"]
 
-    state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    state = torch.load(tmp_path / "runs" / "models" / "model.pt", map_location="cpu", weights_only=True)
     net = PaperUNet(spatial_dims=2, features=json.loads(FEATURES), dropout=0.0)
     net.load_state_dict(state)  # strict: exactly the network's keys, no "module." prefix
-    last = torch.load(tmp_path / "models" / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+    last = torch.load(
+        tmp_path / "runs" / "models" / "checkpoint_last.pt", map_location="cpu", weights_only=False
+    )
     assert last["trainer"]["iteration"] == 2 and last["trainer"]["epoch_length"] == 2
     assert any((tmp_path / "runs").glob("events.out.tfevents.*"))  # TensorBoard logs
 
@@ -86,7 +88,7 @@ def test_3d_overlay_runs_with_plain_run(tmp_path):
         ],
         cwd=REPO,
     )  # fmt: skip
-    state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    state = torch.load(tmp_path / "runs" / "models" / "model.pt", map_location="cpu", weights_only=True)
     net = PaperUNet(spatial_dims=3, features=json.loads(FEATURES), dropout=0.0, upsample="trilinear")
     net.load_state_dict(state)
     assert all(v.ndim == 5 for k, v in state.items() if k.endswith("conv.weight"))

@@ -126,10 +126,15 @@ def _run(wf: ConfigWorkflow) -> dict:
     return seen
 
 
+SHIPPED_STANDIN = b"the shipped model"
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One short training run (quick overlay: DiceCE) on two 12x40x40 tomograms."""
     root = tmp_path_factory.mktemp("train")
+    (root / "models").mkdir()
+    (root / "models" / "model.pt").write_bytes(SHIPPED_STANDIN)  # stands in for the shipped weights
     datalist = _write_dataset(root / "data")
     set_determinism(0)
     seen = _run(_workflow(root, datalist, overlays=("quick.json",), **{"train#trainer#max_epochs": 4}))
@@ -147,8 +152,10 @@ def test_loss_falls_and_checkpoints_are_written(trained):
     epoch_means = [float(np.mean(losses[i : i + 5])) for i in range(0, 20, 5)]
     assert all(b < a for a, b in zip(epoch_means, epoch_means[1:])), epoch_means
     assert epoch_means[-1] < 0.85 * epoch_means[0], epoch_means
-    best = root / "models" / "model.pt"
-    last = root / "models" / "checkpoint_last.pt"
+    best = root / "runs" / "models" / "model.pt"
+    last = root / "runs" / "models" / "checkpoint_last.pt"
+    # training writes under its run folder, never over the shipped model of the bundle
+    assert (root / "models" / "model.pt").read_bytes() == SHIPPED_STANDIN
     assert best.is_file() and last.is_file()
     # zoo convention: model.pt is the plain state_dict of the network
     net = PaperUNet(spatial_dims=2, in_channels=1, out_channels=6, features=FEATURES, dropout=0.0)
@@ -165,14 +172,14 @@ def test_loss_falls_and_checkpoints_are_written(trained):
 def test_resume_continues_counters(trained, tmp_path):
     root, datalist, first = trained
     resumed_root = tmp_path / "bundle"
-    shutil.copytree(root / "models", resumed_root / "models")
-    before = torch.load(resumed_root / "models" / "checkpoint_last.pt", weights_only=False)
+    shutil.copytree(root / "runs" / "models", resumed_root / "runs" / "models")
+    before = torch.load(resumed_root / "runs" / "models" / "checkpoint_last.pt", weights_only=False)
     wf = _workflow(resumed_root, datalist, overlays=("quick.json",), **{"train#trainer#max_epochs": 6})
     seen = _run(wf)
     # the counters continue from the checkpoint (epochs 5-6, iterations 21-30) instead of restarting
     assert seen["iteration"] == list(range(21, 31))
     assert seen["epoch"] == 6 and seen["final_iteration"] == 30
-    after = torch.load(resumed_root / "models" / "checkpoint_last.pt", weights_only=False)
+    after = torch.load(resumed_root / "runs" / "models" / "checkpoint_last.pt", weights_only=False)
     assert after["trainer"]["iteration"] == 30 and after["lr_scheduler"]["last_epoch"] == 6
     # the weights did continue from the checkpoint: the first resumed loss is close to the last ones
     # of the first run, far below the loss of a fresh network

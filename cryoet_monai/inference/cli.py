@@ -23,13 +23,21 @@ __all__ = ["add_parser", "find_bundle_config", "build_segmenter", "main"]
 _PACKAGE_BUNDLE = Path(__file__).resolve().parents[2]  # repository / bundle root of this package
 
 
+def _installed_bundle() -> Path:
+    """The bundle shipped inside an installed wheel (``cryoet_monai/shipped``, see setup.py)."""
+    from importlib.resources import files
+
+    return Path(str(files("cryoet_monai") / "shipped"))
+
+
 def find_bundle_config(config: str | os.PathLike | None = None) -> tuple[Path, Path]:
     """``(inference config file, bundle root)`` for ``--config`` (a bundle folder or a JSON/YAML file).
 
-    Without ``config``: ``./configs/inference.json`` if present, else the bundle this package lives in.
+    Without ``config``: ``./configs/inference.json`` if present, else the checkout this package lives
+    in, else the bundle shipped inside the installed package.
     """
     if config is None:
-        candidates = [Path.cwd(), _PACKAGE_BUNDLE]
+        candidates = [Path.cwd(), _PACKAGE_BUNDLE, _installed_bundle()]
     else:
         path = Path(config).expanduser()
         if path.is_file():
