@@ -325,7 +325,8 @@ def finetune(
                f"{elapsed / 60:.1f} min, at most {left / 60:.1f} min left")
         if progress:
             print(msg, flush=True)
-        logger.info(msg)
+        else:
+            logger.info(msg)
 
     EarlyStopHandler(patience, lambda engine: float(engine.state.metrics["val_f1"]), trainer=trainer,
                      min_delta=1e-4).attach(evaluator)
