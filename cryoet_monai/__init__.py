@@ -14,8 +14,7 @@ config can name e.g. ``cryoet_monai.MRCReader`` directly.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from cryoet_monai.lazy_exports import lazy_exports
 
 __version__ = "0.2.0"
 
@@ -74,17 +73,6 @@ _EXPORTS: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'cryoet_monai' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_EXPORTS))
-
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 __all__ = ["CLASS_NAMES", "NUM_CLASSES", "IGNORE_LABEL", "__version__", *_EXPORTS]

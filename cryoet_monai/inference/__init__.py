@@ -6,8 +6,7 @@ Names are imported lazily, so that the command line (``cryoet_monai.inference.cl
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from cryoet_monai.lazy_exports import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "InferenceError": "cryoet_monai.inference.engine",
@@ -23,17 +22,6 @@ _EXPORTS: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'cryoet_monai.inference' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_EXPORTS))
-
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 __all__ = sorted(_EXPORTS)

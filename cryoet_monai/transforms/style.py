@@ -136,47 +136,38 @@ class RandSpectralNoise(RandomizableTransform):
         return out
 
 
-class RandBandPassd(RandomizableTransform, MapTransform):
+class _OneDrawForAllKeys(RandomizableTransform, MapTransform):
+    """Dictionary twin of a random array transform: one random draw, applied to every key."""
+
+    array_transform: type[RandomizableTransform]
+
+    def __init__(
+        self, keys: KeysCollection, prob: float = 0.5, allow_missing_keys: bool = False, **kwargs: Any
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, 1.0)
+        self.transform = self.array_transform(prob=prob, **kwargs)
+
+    def set_random_state(self, seed: int | None = None, state=None) -> _OneDrawForAllKeys:
+        super().set_random_state(seed, state)
+        self.transform.set_random_state(seed, state)
+        return self
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        self.transform.randomize()
+        for key in self.key_iterator(d):
+            d[key] = self.transform(d[key], randomize=False)
+        return d
+
+
+class RandBandPassd(_OneDrawForAllKeys):
     """Dictionary version of :class:`RandBandPass` (one draw for all ``keys``)."""
 
-    def __init__(
-        self, keys: KeysCollection, prob: float = 0.5, allow_missing_keys: bool = False, **kwargs: Any
-    ) -> None:
-        MapTransform.__init__(self, keys, allow_missing_keys)
-        RandomizableTransform.__init__(self, 1.0)
-        self.transform = RandBandPass(prob=prob, **kwargs)
-
-    def set_random_state(self, seed: int | None = None, state=None) -> RandBandPassd:
-        super().set_random_state(seed, state)
-        self.transform.set_random_state(seed, state)
-        return self
-
-    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
-        d = dict(data)
-        self.transform.randomize()
-        for key in self.key_iterator(d):
-            d[key] = self.transform(d[key], randomize=False)
-        return d
+    array_transform = RandBandPass
 
 
-class RandSpectralNoised(RandomizableTransform, MapTransform):
+class RandSpectralNoised(_OneDrawForAllKeys):
     """Dictionary version of :class:`RandSpectralNoise` (one draw for all ``keys``)."""
 
-    def __init__(
-        self, keys: KeysCollection, prob: float = 0.5, allow_missing_keys: bool = False, **kwargs: Any
-    ) -> None:
-        MapTransform.__init__(self, keys, allow_missing_keys)
-        RandomizableTransform.__init__(self, 1.0)
-        self.transform = RandSpectralNoise(prob=prob, **kwargs)
-
-    def set_random_state(self, seed: int | None = None, state=None) -> RandSpectralNoised:
-        super().set_random_state(seed, state)
-        self.transform.set_random_state(seed, state)
-        return self
-
-    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
-        d = dict(data)
-        self.transform.randomize()
-        for key in self.key_iterator(d):
-            d[key] = self.transform(d[key], randomize=False)
-        return d
+    array_transform = RandSpectralNoise
