@@ -165,3 +165,16 @@ def test_rerun_outputs_identical(tmp_path: Path, tiny_bundle: Path):
                      "--no-progress"]) == 0
     x, y = (read_mrc(tmp_path / run / "t_seg.mrc")[0] for run in ("x", "y"))
     assert np.array_equal(x, y)
+
+
+def test_bundle_run_errors_are_one_line(tmp_path: Path, repo_root: Path):
+    """`monai.bundle run` prints our one-line error, not the config parser's traceback."""
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file",
+           "configs/inference.json", "--meta_file", "configs/metadata.json",
+           "--input", str(tmp_path / "missing.mrc"), "--output_dir", str(tmp_path / "out"),
+           "--progress", "false"]
+    proc = subprocess.run(cmd, cwd=repo_root, env=_env(repo_root), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert proc.stderr.strip().splitlines()[-1] == "error: no tomogram could be segmented (1 failed)."

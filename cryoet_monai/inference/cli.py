@@ -110,27 +110,6 @@ def _count_action(counts: tuple[int, ...], what: str) -> type[argparse.Action]:
     return CountAction
 
 
-def _innermost_error(err: BaseException) -> BaseException:
-    """The innermost of our exceptions (InferenceError, MRCFormatError, ValueError, OSError) in the
-    ``__cause__`` / ``__context__`` chain: MONAI's ConfigParser wraps what ``TomogramSegmenter``
-    raises in ``RuntimeError("Failed to instantiate ...")``. Falls back to the innermost exception."""
-    chain, seen = [], set()
-    current: BaseException | None = err
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    ours = [e for e in chain if isinstance(e, (ValueError, OSError))]
-    return ours[-1] if ours else chain[-1]
-
-
-def _error_line(err: BaseException) -> str:
-    message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    if isinstance(err, (ValueError, OSError)):
-        return f"error: {message}"
-    return f"error: {type(err).__name__}: {message}"
-
-
 def _stop_on_signal(signum: int, frame: Any) -> None:
     print(f"interrupted by {signal.Signals(signum).name}: unfinished outputs removed, finished ones kept",
           file=sys.stderr, flush=True)
@@ -139,6 +118,7 @@ def _stop_on_signal(signum: int, frame: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``cryoet-monai segment``; exit status 1 when any input failed."""
+    from cryoet_monai.engines.errors import error_line, innermost_error
     from cryoet_monai.inference.engine import InferenceError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -188,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
         inputs, output_dir = parser.get_parsed_content("input"), parser.get_parsed_content("output_dir")
     except (RuntimeError, ValueError, AssertionError, OSError) as err:
         # a bad option or model: one line, not ConfigParser's chain of wrapped tracebacks
-        print(_error_line(_innermost_error(err)), file=sys.stderr)
+        print(error_line(innermost_error(err)), file=sys.stderr)
         return 2
     try:
         results = segmenter(inputs, output_dir)

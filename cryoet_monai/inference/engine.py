@@ -379,7 +379,8 @@ class TomogramSegmenter:
             detail = str(err).splitlines()
             raise InferenceError(
                 f"{path}: the checkpoint does not fit the configured network ({type(network).__name__}); "
-                f"check network_def (e.g. --network_def#features) against the model that was trained. "
+                "give the model folder it was trained with (segment --model FOLDER), or an inference "
+                "config whose network_def matches it (--config; bundle runs: --network_def#features). "
                 f"{' '.join(line.strip() for line in detail[1:3])}"
             ) from err
 
