@@ -178,3 +178,12 @@ def test_bundle_run_errors_are_one_line(tmp_path: Path, repo_root: Path):
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr + proc.stdout
     assert proc.stderr.strip().splitlines()[-1] == "error: no tomogram could be segmented (1 failed)."
+
+
+def test_output_folder_that_is_a_file(tmp_path: Path, tiny_bundle: Path, capsys):
+    _tomo(tmp_path / "t.mrc")
+    (tmp_path / "afile").write_text("x")
+    code = main([str(tmp_path / "t.mrc"), "-o", str(tmp_path / "afile"), "--config", str(tiny_bundle),
+                 "--no-progress"])
+    expected = f"error: {tmp_path / 'afile'}: the output folder is a file."
+    assert code == 1 and capsys.readouterr().err.strip() == expected

@@ -750,6 +750,9 @@ class TomogramSegmenter:
         every = find_inputs(inputs)
         if not every:
             raise InferenceError(f"no input tomograms given ({inputs!r}).")
+        out = Path(output_dir)
+        if out.exists() and not out.is_dir():
+            raise InferenceError(f"{out}: the output folder is a file.")
         for stale in remove_stale_temporaries(output_dir):  # left by a killed run
             logger.warning("removed %s, a temporary output of an earlier run that was killed", stale)
         self.check_output_names(every, output_dir)

@@ -794,6 +794,8 @@ def create_mrc(
     try:
         try:
             mrc = mrcfile.new_mmap(tmp, shape, mrc_mode=mode, fill=fill, overwrite=True)
+        except PermissionError as err:  # name the folder, not our hidden temporary file
+            raise MRCWriteError(f"{path.parent}: cannot write here ({err.strerror})") from err
         except OSError as err:
             size = int(np.prod(shape)) * np.dtype(disk_dtype).itemsize
             raise (_space_error(err, path, size) or err) from err
