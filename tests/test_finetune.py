@@ -56,6 +56,19 @@ def test_bad_painted_files_are_one_line_errors_and_write_nothing(
     assert not out.exists()
 
 
+def test_tiff_painting_as_napari_saves_it(tmp_path: Path):
+    import tifffile
+
+    from cryoet_monai.finetune import read_painted
+
+    painted = np.zeros((4, 16, 16), np.uint8)
+    painted[2, 3:5, :] = 4
+    painted[2, 8:, :] = PAINTED_BACKGROUND
+    tifffile.imwrite(tmp_path / "painted.tif", painted)
+    labels = painted_to_labels(read_painted(tmp_path / "painted.tif"))
+    assert (labels[2, 3:5] == 4).all() and (labels[2, 8:] == 0).all() and (labels[0] == 255).all()
+
+
 def test_missing_painted_file_and_count_mismatch(tmp_path: Path, tomogram: Path):
     with pytest.raises(FinetuneError, match="not found"):
         finetune([tomogram], [tmp_path / "missing.mrc"], tmp_path / "m")
@@ -96,3 +109,22 @@ def test_finetuning_beats_the_shipped_model_on_a_shifted_style(tmp_path: Path):
     assert (tmp_path / "my_model" / "configs" / "inference.json").is_file()
     after = _unpainted_f1(tmp_path / "my_model" / "segmentations" / "tomo_seg.mrc", label)
     assert after > before + 0.05, (before, after)
+
+
+def test_finetune_bundle_config_checks_before_training(tmp_path: Path, tomogram: Path, repo_root: Path):
+    """`monai.bundle run finetune --config_file configs/finetune.json`: the same function, the same
+    one-line errors (a painted file on another grid), nothing written."""
+    import os
+    import subprocess
+    import sys
+
+    save_mrc(tmp_path / "bad.mrc", np.zeros((8, 32, 30), np.uint8), voxel_size=10.0)
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "finetune", "--config_file", "configs/finetune.json",
+           "--meta_file", "configs/metadata.json", "--tomograms", f"['{tomogram}']",
+           "--painted", f"['{tmp_path / 'bad.mrc'}']", "--output_dir", str(tmp_path / "m")]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(repo_root))
+    proc = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    last = proc.stderr.splitlines()[-1]
+    assert re.search(r"^error: .*bad\.mrc: painted grid \(8, 32, 30\) does not match", last), last
+    assert not (tmp_path / "m").exists()
