@@ -198,3 +198,24 @@ def test_preview_png_and_summary_json(tmp_path: Path):
     unc, _ = read_mrc(result["uncertainty"], mmap=False)
     assert data["mean_uncertainty"] == pytest.approx(float(unc.astype(np.float64).mean()), abs=1e-3)
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_tiff_input_gives_the_labels_of_the_same_mrc(tmp_path: Path):
+    import tifffile
+
+    image = np.random.default_rng(3).standard_normal((8, 48, 48)).astype(np.float32)
+    save_mrc(tmp_path / "a.mrc", image, voxel_size=10.0)
+    # ImageJ hyperstack metadata: 1 nm pixels in-plane, 1 nm spacing in z = 10 Å
+    tifffile.imwrite(tmp_path / "b.tif", image, imagej=True, resolution=(1.0, 1.0),
+                     metadata={"unit": "nm", "spacing": 1.0})
+    tifffile.imwrite(tmp_path / "nosize.tif", image)
+    seg = _tiny_segmenter(invert="no")
+    a = seg.segment(tmp_path / "a.mrc", tmp_path / "out")
+    b = seg.segment(tmp_path / "b.tif", tmp_path / "out")
+    assert b["voxel_size"] == pytest.approx((10.0, 10.0, 10.0))
+    np.testing.assert_array_equal(read_mrc(a["seg"])[0], read_mrc(b["seg"])[0])
+    from cryoet_monai.inference import InferenceError, find_inputs
+
+    with pytest.raises(InferenceError, match=r"nosize\.tif: header voxel size .*--voxel-size"):
+        seg.segment(tmp_path / "nosize.tif", tmp_path / "out")
+    assert {p.name for p in find_inputs(tmp_path)} == {"a.mrc", "b.tif", "nosize.tif"}

@@ -49,6 +49,7 @@ from cryoet_monai.io.mrc import (
     release_pages,
     remove_stale_temporaries,
 )
+from cryoet_monai.io.tiff import is_tiff_path, read_tiff
 from cryoet_monai.precision import parse_bool
 from cryoet_monai.transforms.intensity import NonFiniteIntensityError, RobustNormalizeIntensity
 from cryoet_monai.transforms.sampling import StackSlices
@@ -79,7 +80,8 @@ def output_stem(path: str | os.PathLike) -> str:
 
 
 def _is_mrc(path: Path) -> bool:
-    return path.is_file() and is_mrc_path(path)
+    """A tomogram file this segmenter reads: MRC (any suffix of :data:`MRC_SUFFIXES`) or a TIFF stack."""
+    return path.is_file() and (is_mrc_path(path) or is_tiff_path(path))
 
 
 def _from_datalist(path: Path) -> list[Path]:
@@ -591,7 +593,7 @@ class TomogramSegmenter:
             )
         if not path.exists() and any(ch in str(path) for ch in _GLOB_CHARS):
             raise InferenceError(f"{path}: no file matches this pattern.")
-        volume, meta = read_mrc(path, mmap=True)
+        volume, meta = read_tiff(path) if is_tiff_path(path) else read_mrc(path, mmap=True)
         voxel_size = self.check_input(volume, meta, path)
         origin = tuple(float(v) for v in meta.get("origin", (0.0, 0.0, 0.0)))
         outputs = self.output_paths(path, output_dir)
