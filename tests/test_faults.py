@@ -187,3 +187,16 @@ def test_output_folder_that_is_a_file(tmp_path: Path, tiny_bundle: Path, capsys)
                  "--no-progress"])
     expected = f"error: {tmp_path / 'afile'}: the output folder is a file."
     assert code == 1 and capsys.readouterr().err.strip() == expected
+
+
+@pytest.mark.parametrize("voxel_size", [1.0, 0.0])
+def test_unset_voxel_size_alone_is_a_usage_error(tmp_path: Path, tiny_bundle: Path, voxel_size, capsys):
+    """A 1.0 Å (unset) or 0 Å header and no --voxel-size: exit 2, one line naming the file."""
+    path = _tomo(tmp_path / "t.mrc", voxel_size=voxel_size)
+    code = main([str(path), "-o", str(tmp_path / "out"), "--config", str(tiny_bundle), "--no-progress"])
+    captured = capsys.readouterr()
+    lines = [line for line in (captured.out + captured.err).strip().splitlines() if line]
+    assert code == 2 and len(lines) == 1, lines
+    assert "t.mrc" in lines[0] and "--voxel-size" in lines[0]
+    assert main([str(path), "-o", str(tmp_path / "out"), "--config", str(tiny_bundle), "--no-progress",
+                 "--voxel-size", "10"]) == 0

@@ -1,9 +1,14 @@
-"""``cryoet-monai synth``: write a synthetic training set (MRC tomograms, labels, MONAI datalist).
+"""cryoet-monai synth: write a synthetic training set (MRC tomograms, labels, MONAI datalist).
 
-    cryoet-monai synth OUT_DIR --n N [--shape Z Y X] [--voxel-size Å] [--seed S]
+  cryoet-monai synth OUT_DIR --n N [--shape Z Y X] [--voxel-size A] [--seed S]
 
-Without ``--voxel-size`` each tomogram gets a random voxel size in 5-20 Å (domain
-randomisation); with it, all tomograms share that voxel size.
+Writes OUT_DIR/images/synth_0000.mrc ..., OUT_DIR/labels/..., OUT_DIR/datalist.json (split by
+tomogram) and OUT_DIR/synthetic.json (every parameter). Without --voxel-size each tomogram
+gets a random voxel size in 5-20 A (domain randomisation); with it, all share that voxel size.
+Tomograms are made like real ones by default (tilt series, CTF, dose, WBP or SIRT-like);
+--mode fourier is the fast approximation. Example:
+
+  cryoet-monai synth data/synth --n 10 --shape 64 256 256 --voxel-size 10
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
+from cryoet_monai.precision import parse_bool
+
 __all__ = ["CheckpointResumeError", "ClassMetricsHandler", "ResumeCheckpoint"]
 
 
@@ -70,7 +72,7 @@ class ResumeCheckpoint:
             raise ValueError(f"save_interval must be >= 1, got {save_interval}")
         self.path = Path(save_dir) / filename
         self.save_dict = {k: (v.module if hasattr(v, "module") else v) for k, v in save_dict.items()}
-        self.resume = resume
+        self.resume = parse_bool(resume, "train#resume")
         self.save_interval = save_interval
         self.map_location = map_location
         self.logger = logging.getLogger(__name__)

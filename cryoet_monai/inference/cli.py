@@ -173,13 +173,20 @@ def run(args: argparse.Namespace) -> int:
     try:
         results = segmenter(inputs, output_dir)
     except InferenceError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        if len(err.results) != 1:  # one input: its own line above says it all
+            print(f"error: {err}", file=sys.stderr)
+        return _failure_status(err.results)
     failed = [r for r in results if "error" in r]
     if failed:
         print(f"{len(failed)} of {len(results)} tomograms failed (see the messages above).", file=sys.stderr)
         return 1
     return 0
+
+
+def _failure_status(failed: list[dict[str, Any]]) -> int:
+    """Nothing was segmented: 2 when every file only needs an option from the user (its voxel size),
+    a usage error like a bad option; else 1 (files failed)."""
+    return 2 if failed and all(r.get("needs_voxel_size") for r in failed) else 1
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

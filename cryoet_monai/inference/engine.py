@@ -57,6 +57,7 @@ from cryoet_monai.transforms.sampling import StackSlices
 __all__ = [
     "OUTPUT_SUFFIXES",
     "InferenceError",
+    "VoxelSizeError",
     "TomogramSegmenter",
     "find_inputs",
     "is_output",
@@ -70,7 +71,16 @@ _GLOB_CHARS = "*?["
 
 
 class InferenceError(ValueError):
-    """An input that cannot be segmented; the message names the file and the problem."""
+    """An input that cannot be segmented; the message names the file and the problem.
+
+    ``results`` holds the per-file results when the error ends a batch in which nothing could be
+    segmented."""
+
+    results: list[dict[str, Any]] = []
+
+
+class VoxelSizeError(InferenceError):
+    """The voxel size is missing, unset (1.0 Å) or implausible: the user must give it (--voxel-size)."""
 
 
 def output_stem(path: str | os.PathLike) -> str:
@@ -508,14 +518,14 @@ class TomogramSegmenter:
             return self._plausible(self.voxel_size, path, "--voxel-size")
         vs = tuple(float(v) for v in meta.get("voxel_size", (0.0, 0.0, 0.0)))
         if len(vs) != 3 or not all(math.isfinite(v) and v > 0 for v in vs):
-            raise InferenceError(
+            raise VoxelSizeError(
                 f"{path}: header voxel size {vs} Å is not positive; "
                 "pass the voxel size explicitly (--voxel-size)."
             )
         if self.resample and self.model_voxel_size is not None and all(v == 1.0 for v in vs):
             # 1.0 Å is what many programs write when the pixel size was never set; resampling by it
             # would shrink the tomogram tenfold into an all-background result
-            raise InferenceError(
+            raise VoxelSizeError(
                 f"{path}: header voxel size is 1.0 Å, which usually means 'not set'; "
                 "pass the real voxel size with --voxel-size (Å)."
             )
@@ -533,7 +543,7 @@ class TomogramSegmenter:
         if self.resample and self.model_voxel_size is not None and not all(lo <= v <= hi for v in vs):
             each = [f"{v:.4g}" for v in vs]
             shown = each[0] if len(set(each)) == 1 else "/".join(each)
-            raise InferenceError(
+            raise VoxelSizeError(
                 f"{path}: {source} voxel size {shown} Å is outside the plausible {lo:g}-{hi:g} Å; "
                 "fix it with --voxel-size, or segment on the file's own grid with --no-resample."
             )
@@ -769,12 +779,15 @@ class TomogramSegmenter:
                 message = str(err) if str(path) in str(err) else f"{path}: {err}"
                 logger.debug("skipped %s", message, exc_info=True)  # the terminal gets the line below
                 print(f"ERROR  skipped {message}", flush=True)
-                results.append({"input": str(path), "error": message})
+                results.append({"input": str(path), "error": message,
+                                "needs_voxel_size": isinstance(err, VoxelSizeError)})
                 continue
             results.append(result)
             print(self.summary(result), flush=True)
         if files and all("error" in r for r in results):
-            raise InferenceError(f"no tomogram could be segmented ({len(files)} failed).")
+            err = InferenceError(f"no tomogram could be segmented ({len(files)} failed).")
+            err.results = results
+            raise err
         return results
 
     def check_output_names(self, files: Sequence[str | os.PathLike], output_dir: str | os.PathLike) -> None:
