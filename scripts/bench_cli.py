@@ -24,7 +24,8 @@ def main() -> None:
             t0 = time.perf_counter()
             subprocess.run([sys.executable, "-m", "cryoet_monai", *command], check=True, capture_output=True)
             times.append(time.perf_counter() - t0)
-        print(f"cryoet-monai {' '.join(command)}: best {min(times):.2f} s, median {statistics.median(times):.2f} s")
+        name = " ".join(command)
+        print(f"cryoet-monai {name}: best {min(times):.2f} s, median {statistics.median(times):.2f} s")
 
 
 if __name__ == "__main__":
