@@ -219,3 +219,27 @@ def test_tiff_input_gives_the_labels_of_the_same_mrc(tmp_path: Path):
     with pytest.raises(InferenceError, match=r"nosize\.tif: header voxel size .*--voxel-size"):
         seg.segment(tmp_path / "nosize.tif", tmp_path / "out")
     assert {p.name for p in find_inputs(tmp_path)} == {"a.mrc", "b.tif", "nosize.tif"}
+
+
+def test_ome_zarr_input_gives_the_labels_of_the_same_mrc(tmp_path: Path):
+    """An OME-Zarr pyramid (NGFF 0.5, scale in nm): the level nearest the model's 10 Å is read,
+    with its voxel size in Å, and segments like the same volume stored as MRC."""
+    zarr = pytest.importorskip("zarr")
+    write_multiscale = pytest.importorskip("ome_zarr.writer").write_multiscale
+
+    from cryoet_monai.inference import find_inputs
+
+    image = np.random.default_rng(4).standard_normal((8, 96, 96)).astype(np.float32)
+    half = image[:, ::2, ::2].copy()  # stands in for the 20 Å level
+    root = zarr.open_group(str(tmp_path / "tomo.zarr"), mode="w")
+    axes = [{"name": n, "type": "space", "unit": "nanometer"} for n in "zyx"]
+    scales = [[{"type": "scale", "scale": [0.5, 0.5, 0.5]}], [{"type": "scale", "scale": [1.0, 1.0, 1.0]}],
+              [{"type": "scale", "scale": [1.0, 2.0, 2.0]}]]
+    write_multiscale([image, image, half], root, axes=axes, coordinate_transformations=scales)
+    save_mrc(tmp_path / "same.mrc", image, voxel_size=10.0)
+    seg = _tiny_segmenter(invert="no")
+    z = seg.segment(tmp_path / "tomo.zarr", tmp_path / "out")
+    m = seg.segment(tmp_path / "same.mrc", tmp_path / "out")
+    assert z["voxel_size"] == pytest.approx((10.0, 10.0, 10.0))  # level 1 (1 nm), not 0.5 nm or 2 nm
+    np.testing.assert_array_equal(read_mrc(z["seg"])[0], read_mrc(m["seg"])[0])
+    assert {p.name for p in find_inputs(tmp_path)} == {"tomo.zarr", "same.mrc"}

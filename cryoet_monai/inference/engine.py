@@ -49,6 +49,7 @@ from cryoet_monai.io.mrc import (
     release_pages,
     remove_stale_temporaries,
 )
+from cryoet_monai.io.omezarr import is_ome_zarr_path, read_ome_zarr
 from cryoet_monai.io.tiff import is_tiff_path, read_tiff
 from cryoet_monai.precision import parse_bool
 from cryoet_monai.transforms.intensity import NonFiniteIntensityError, RobustNormalizeIntensity
@@ -135,8 +136,11 @@ def find_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list
     for item in inputs:
         text = os.fspath(item)
         path = Path(text).expanduser()
-        if path.is_dir():
-            found += sorted(p for p in path.iterdir() if _is_mrc(p) and not is_output(p)) or [path]
+        if path.is_dir() and is_ome_zarr_path(path):
+            found.append(path)
+        elif path.is_dir():
+            tomograms = (p for p in path.iterdir() if _is_mrc(p) or (p.is_dir() and is_ome_zarr_path(p)))
+            found += sorted(p for p in tomograms if not is_output(p)) or [path]
         elif path.suffix.lower() == ".json":
             found += _from_datalist(path)
         elif any(ch in text for ch in _GLOB_CHARS) and not path.exists():
@@ -597,13 +601,18 @@ class TomogramSegmenter:
         """
         path = Path(path)
         t0 = time.perf_counter()
-        if path.is_dir():
+        if path.is_dir() and not is_ome_zarr_path(path):
             raise InferenceError(
                 f"{path}: folder contains no MRC tomograms (*.{{{','.join(MRC_SUFFIXES)}}}[.gz|.bz2])."
             )
         if not path.exists() and any(ch in str(path) for ch in _GLOB_CHARS):
             raise InferenceError(f"{path}: no file matches this pattern.")
-        volume, meta = read_tiff(path) if is_tiff_path(path) else read_mrc(path, mmap=True)
+        if is_ome_zarr_path(path):  # the multiscale level nearest the model's voxel size
+            volume, meta = read_ome_zarr(path, voxel_size=self.model_voxel_size)
+        elif is_tiff_path(path):
+            volume, meta = read_tiff(path)
+        else:
+            volume, meta = read_mrc(path, mmap=True)
         voxel_size = self.check_input(volume, meta, path)
         origin = tuple(float(v) for v in meta.get("origin", (0.0, 0.0, 0.0)))
         outputs = self.output_paths(path, output_dir)
