@@ -58,7 +58,7 @@ class FinetuneError(ValueError):
 
 
 def read_painted(path: str | os.PathLike) -> np.ndarray:
-    """A painted label volume ``(Z, Y, X)`` from MRC (any mode) or TIFF (needs ``tifffile``)."""
+    """A painted label volume ``(Z, Y, X)`` from MRC (any mode), TIFF or OME-Zarr (the zarr extra)."""
     path = Path(path)
     if not path.exists():
         raise FinetuneError(f"{path}: painted label file not found")
@@ -70,7 +70,13 @@ def read_painted(path: str | os.PathLike) -> np.ndarray:
             raise FinetuneError(f"{path}: reading TIFF needs tifffile (pip install tifffile)") from err
         data = np.asarray(tifffile.imread(path))
     elif path.is_dir() or suffix.endswith(".zarr"):
-        raise FinetuneError(f"{path}: OME-Zarr painted labels need the zarr extra (not installed here)")
+        from cryoet_monai.io.omezarr import OmeZarrFormatError, read_ome_zarr
+
+        try:
+            volume, _ = read_ome_zarr(path)  # the finest level: the tomogram's own grid
+        except OmeZarrFormatError as err:
+            raise FinetuneError(str(err)) from err
+        data = np.asarray(volume)
     else:
         from cryoet_monai.io.mrc import read_mrc
 
