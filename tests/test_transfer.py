@@ -243,3 +243,29 @@ def test_ome_zarr_input_gives_the_labels_of_the_same_mrc(tmp_path: Path):
     assert z["voxel_size"] == pytest.approx((10.0, 10.0, 10.0))  # level 1 (1 nm), not 0.5 nm or 2 nm
     np.testing.assert_array_equal(read_mrc(z["seg"])[0], read_mrc(m["seg"])[0])
     assert {p.name for p in find_inputs(tmp_path)} == {"tomo.zarr", "same.mrc"}
+
+
+def test_ome_zarr_output_is_ngff_labels_with_names_colours_and_scale(tmp_path: Path):
+    pytest.importorskip("zarr")
+    reader = pytest.importorskip("ome_zarr.reader")
+    from ome_zarr.io import parse_url
+
+    image = np.random.default_rng(5).standard_normal((6, 40, 48)).astype(np.float32)
+    save_mrc(tmp_path / "t.mrc", image, voxel_size=10.0, origin=(5.0, 0.0, 0.0))
+    mrc = _tiny_segmenter(invert="no").segment(tmp_path / "t.mrc", tmp_path / "a")
+    zarr_seg = _tiny_segmenter(invert="no", output_format="zarr", preview=True)
+    zr = zarr_seg.segment(tmp_path / "t.mrc", tmp_path / "b")
+    assert Path(zr["seg"]).name == "t_seg.zarr" and Path(zr["preview"]).is_file()
+    nodes = list(reader.Reader(parse_url(str(Path(zr["seg"]) / "labels" / "segmentation")))())
+    node = nodes[0]
+    data = np.asarray(node.data[0])
+    assert data.shape == (6, 40, 48) and data.dtype == np.uint8
+    np.testing.assert_array_equal(data, read_mrc(mrc["seg"])[0])
+    ms = node.metadata
+    assert [a["unit"] for a in ms["axes"]] == ["angstrom"] * 3
+    transforms = ms["coordinateTransformations"][0]
+    assert transforms[0]["scale"] == [10.0, 10.0, 10.0] and transforms[1]["translation"] == [5.0, 0.0, 0.0]
+    label_meta = node.zarr.root_attrs.get("image-label") or node.zarr.root_attrs["ome"]["image-label"]
+    names = {p["label-value"]: p["class"] for p in label_meta["properties"]}
+    assert names[2] == "ribosome" and len(label_meta["colors"]) == 5
+    assert not [p for p in (tmp_path / "b").iterdir() if p.name.startswith(".")]

@@ -146,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         "slab_size": args.slab_size,
         "min_component_size": args.min_size,
         "invert": args.invert,
+        "output_format": args.format,
     }
     if args.skip_existing:
         overrides["overwrite"] = False
@@ -247,6 +248,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="contrast polarity: 'no' = dense material dark (the model's convention), 'yes' = dense bright "
         "(negated before segmenting), 'auto' (default) = decided per tomogram by the model's confidence",
     )
+    p.add_argument("--format", choices=["mrc", "zarr"],
+                   help="label output: <name>_seg.mrc (default) or <name>_seg.zarr (OME-Zarr, NGFF labels "
+                   "with class names and colours; needs the zarr extra)")
     p.add_argument("--probs", action="store_true", help="also write <name>_probs.mrc (float16, 6 channels)")
     p.add_argument("--uncertainty", action="store_true", help="also write <name>_uncertainty.mrc (entropy)")
     p.add_argument("--preview", action="store_true",

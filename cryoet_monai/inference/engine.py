@@ -234,6 +234,9 @@ class TomogramSegmenter:
         normalizer: intensity normalisation (must match training); default ``RobustNormalizeIntensity()``.
         progress: show a progress bar with ETA.
         overwrite: replace existing outputs (else skip tomograms whose labels already exist).
+        output_format: ``"mrc"`` (``<name>_seg.mrc``) or ``"zarr"`` (``<name>_seg.zarr``: an OME-Zarr
+            store with the labels as NGFF ``labels/segmentation``, class names and colours, voxel size
+            in Å; needs the zarr extra). Probabilities and uncertainty stay MRC files.
         preview: also write ``<name>_preview.png`` (central xy/xz/yz slices, raw and with the labels)
             and ``<name>_summary.json`` (class fractions, mean uncertainty, polarity, voxel size, model,
             timings) next to the labels.
@@ -271,6 +274,7 @@ class TomogramSegmenter:
         overwrite: bool = True,
         invert: str | bool = "auto",
         preview: bool | str = False,
+        output_format: str = "mrc",
     ) -> None:
         self.device = _default_device() if device in (None, "auto") else torch.device(device)
         if self.device.type == "cuda":
@@ -347,6 +351,9 @@ class TomogramSegmenter:
         self.num_classes = int(num_classes)
         self.progress = parse_bool(progress, "progress")
         self.preview = parse_bool(preview, "preview")
+        if output_format not in ("mrc", "zarr"):
+            raise ValueError(f"output_format must be 'mrc' or 'zarr', got {output_format!r}.")
+        self.output_format = output_format
         self.model_path = None if model_path is None else str(model_path)
         self.overwrite = parse_bool(overwrite, "overwrite")
         if isinstance(invert, str) and invert.lower() == "auto":
@@ -583,7 +590,7 @@ class TomogramSegmenter:
     def output_paths(self, path: str | os.PathLike, output_dir: str | os.PathLike) -> dict[str, Path]:
         """``{"seg": ..., ["probs": ..., "uncertainty": ...]}`` for one input."""
         stem = Path(output_dir) / output_stem(path)
-        out = {"seg": Path(f"{stem}_seg.mrc")}
+        out = {"seg": Path(f"{stem}_seg.{'zarr' if self.output_format == 'zarr' else 'mrc'}")}
         if self.save_probs:
             out["probs"] = Path(f"{stem}_probs.mrc")
         if self.save_uncertainty:
@@ -640,9 +647,8 @@ class TomogramSegmenter:
 
                 bar = tqdm(total=depth, unit="slice", desc=output_stem(path), leave=False, dynamic_ncols=True)
                 stack.callback(bar.close)
-            seg_mm = stack.enter_context(
-                create_mrc(outputs["seg"], (depth, ny, nx), np.uint8, voxel_size, origin, fill=None)
-            )
+            sink = self._label_sink(outputs["seg"], (depth, ny, nx), voxel_size, origin)
+            seg_mm = stack.enter_context(sink)
             probs_mm = unc_mm = None
             if self.save_probs:
                 probs_mm = stack.enter_context(
@@ -719,11 +725,31 @@ class TomogramSegmenter:
             result.update(self._write_preview(volume, outputs, result))
         return result
 
+    def _label_sink(self, path: Path, shape: tuple[int, int, int], voxel_size: tuple[float, float, float],
+                    origin: tuple[float, float, float]) -> Any:
+        """The context manager that streams the labels into their output file (MRC or OME-Zarr)."""
+        if self.output_format == "zarr":
+            from cryoet_monai.evaluation.figures import CLASS_COLORS
+            from cryoet_monai.io.omezarr import create_ome_zarr_labels
+
+            return create_ome_zarr_labels(path, shape, voxel_size, origin, CLASS_NAMES[: self.num_classes],
+                                          CLASS_COLORS[: self.num_classes])
+        return create_mrc(path, shape, np.uint8, voxel_size, origin, fill=None)
+
+    @staticmethod
+    def read_labels(path: str | os.PathLike) -> Any:
+        """A written label volume ``(Z, Y, X)``: ``<name>_seg.mrc`` (memory-mapped) or the
+        ``labels/segmentation`` image of ``<name>_seg.zarr`` (read lazily)."""
+        path = Path(path)
+        if path.suffix == ".zarr":
+            return read_ome_zarr(path / "labels" / "segmentation")[0]
+        return read_mrc(path, mmap=True)[0]
+
     def _write_preview(self, volume: np.ndarray, outputs: dict[str, Path], result: dict[str, Any]) -> dict:
         """The preview PNG and the JSON summary of a finished tomogram (see :mod:`.preview`)."""
         from cryoet_monai.inference.preview import write_preview, write_summary
 
-        labels, _ = read_mrc(outputs["seg"], mmap=True)
+        labels = self.read_labels(outputs["seg"])
         write_preview(volume, labels, outputs["preview"], title=f"{Path(result['input']).name} -> "
                       f"{outputs['seg'].name}" + (" (contrast inverted)" if result["inverted"] else ""))
         write_summary({**result, "model": self.model_path, "model_voxel_size": self.model_voxel_size,

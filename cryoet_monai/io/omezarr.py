@@ -1,4 +1,4 @@
-"""OME-Zarr (NGFF 0.4 and 0.5) images in, as the CryoET Data Portal serves tomograms.
+"""OME-Zarr (NGFF 0.4 and 0.5): tomograms in, as the CryoET Data Portal serves them, and labels out.
 
 :func:`read_ome_zarr` opens a local OME-Zarr image and returns a lazily sliced ``(Z, Y, X)``
 volume of the multiscale level whose voxel size is nearest (in log ratio) to the one asked for —
@@ -15,15 +15,20 @@ unit-less store, e.g. 1.0, are refused as "unset"; pass ``--voxel-size``). Writt
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import shutil
+import uuid
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["OmeZarrFormatError", "ZarrVolume", "is_ome_zarr_path", "read_ome_zarr"]
+__all__ = ["OmeZarrFormatError", "ZarrVolume", "create_ome_zarr_labels", "is_ome_zarr_path", "read_ome_zarr"]
 
 logger = logging.getLogger(__name__)
 
@@ -141,3 +146,56 @@ def _scale_and_shift(transforms: list[dict[str, Any]], ndim: int) -> tuple[list[
         elif t.get("type") == "translation" and "translation" in t:
             shift = [float(v) for v in t["translation"]]
     return scale, shift
+
+
+@contextlib.contextmanager
+def create_ome_zarr_labels(
+    path: str | os.PathLike,
+    shape: tuple[int, int, int],
+    voxel_size: tuple[float, float, float],
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    class_names: tuple[str, ...] = (),
+    colors: tuple[tuple[float, float, float], ...] = (),
+    chunks: tuple[int, int, int] = (16, 256, 256),
+) -> Iterator[np.ndarray]:
+    """Stream a ``(Z, Y, X)`` uint8 label volume into a new OME-Zarr store at ``path``.
+
+    Yields a writable array (a memory map in a hidden temporary file of the target folder, so the
+    labels can be written slab by slab with bounded memory). On normal exit the labels are written
+    chunk by chunk with ome-zarr as an NGFF ``labels/segmentation`` image — scale and translation
+    in Å, ``image-label`` metadata with one colour and one class name per value — into a hidden
+    temporary folder that is then renamed to ``path``; on an error nothing appears under ``path``.
+    """
+    import dask.array as da
+    import zarr
+    from ome_zarr.writer import write_multiscale_labels
+
+    path = Path(path)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    raw = path.parent / f".{path.name}.{tag}.tmp"
+    store = path.parent / f".{path.name}.{tag}.zarr.tmp"
+    labels = np.lib.format.open_memmap(raw, mode="w+", dtype=np.uint8, shape=tuple(shape))
+    try:
+        yield labels
+        labels.flush()
+        root = zarr.open_group(str(store), mode="w")
+        axes = [{"name": n, "type": "space", "unit": "angstrom"} for n in "zyx"]
+        transform = [[{"type": "scale", "scale": [float(v) for v in voxel_size]},
+                      {"type": "translation", "translation": [float(v) for v in origin]}]]
+        metadata = {
+            "colors": [{"label-value": i, "rgba": [int(round(255 * c)) for c in rgb] + [255]}
+                       for i, rgb in enumerate(colors) if i],
+            "properties": [{"label-value": i, "class": name} for i, name in enumerate(class_names)],
+        }
+        with warnings.catch_warnings():  # coordinate_transformations: still the way to give a translation
+            warnings.simplefilter("ignore", DeprecationWarning)
+            write_multiscale_labels([da.from_array(labels, chunks=chunks)], root, "segmentation", axes=axes,
+                                    coordinate_transformations=transform, label_metadata=metadata,
+                                    storage_options={"chunks": chunks})
+        del labels
+        if path.exists():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        os.replace(store, path)
+    finally:
+        raw.unlink(missing_ok=True)
+        shutil.rmtree(store, ignore_errors=True)
