@@ -269,3 +269,25 @@ def test_ome_zarr_output_is_ngff_labels_with_names_colours_and_scale(tmp_path: P
     names = {p["label-value"]: p["class"] for p in label_meta["properties"]}
     assert names[2] == "ribosome" and len(label_meta["colors"]) == 5
     assert not [p for p in (tmp_path / "b").iterdir() if p.name.startswith(".")]
+
+
+def test_napari_manifest_and_reader(tmp_path: Path, repo_root: Path):
+    npe2 = pytest.importorskip("npe2")
+    from cryoet_monai.napari import get_reader
+
+    manifest = npe2.PluginManifest.from_file(repo_root / "cryoet_monai" / "napari" / "napari.yaml")
+    assert manifest.name == "cryoet-monai" and manifest.contributions.readers
+    image = np.random.default_rng(6).standard_normal((6, 32, 32)).astype(np.float32)
+    save_mrc(tmp_path / "t.mrc", image, voxel_size=12.0)
+    result = _tiny_segmenter(invert="no", save_probs=True, save_uncertainty=True, voxel_size=12.0,
+                             resample=False).segment(tmp_path / "t.mrc", tmp_path / "out")
+    assert get_reader(str(tmp_path / "t.mrc")) is None  # not ours: napari asks other readers
+    reader = get_reader([result["seg"], result["probs"], result["uncertainty"]])
+    layers = reader([result["seg"], result["probs"], result["uncertainty"]])
+    kinds = [kind for _, _, kind in layers]
+    assert kinds == ["labels"] + ["image"] * 6 + ["image"]
+    data, meta, _ = layers[0]
+    assert np.array_equal(np.asarray(data), read_mrc(result["seg"])[0])
+    assert meta["scale"] == (12.0, 12.0, 12.0)
+    assert meta["features"]["class"][2] == "ribosome" and meta["colormap"][0][3] == 0.0
+    assert layers[3][1]["name"].endswith("ribosome")
