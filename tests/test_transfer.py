@@ -291,3 +291,17 @@ def test_napari_manifest_and_reader(tmp_path: Path, repo_root: Path):
     assert meta["scale"] == (12.0, 12.0, 12.0)
     assert meta["features"]["class"][2] == "ribosome" and meta["colormap"][0][3] == 0.0
     assert layers[3][1]["name"].endswith("ribosome")
+
+
+def test_class_gains_change_the_argmax_only(tmp_path: Path):
+    image = np.random.default_rng(7).standard_normal((4, 32, 32)).astype(np.float32)
+    save_mrc(tmp_path / "t.mrc", image, voxel_size=10.0)
+    plain = _tiny_segmenter(invert="no", save_probs=True).segment(tmp_path / "t.mrc", tmp_path / "a")
+    boosted = _tiny_segmenter(invert="no", save_probs=True, class_gains=[1, 1, 1, 1, 50, 1])
+    b = boosted.segment(tmp_path / "t.mrc", tmp_path / "b")
+    probs = np.asarray(read_mrc(plain["probs"])[0], np.float32)
+    np.testing.assert_array_equal(np.asarray(read_mrc(b["probs"])[0]), np.asarray(read_mrc(plain["probs"])[0]))
+    expected = (probs * np.array([1, 1, 1, 1, 50, 1], np.float32)[:, None, None, None]).argmax(0)
+    assert (np.asarray(read_mrc(b["seg"])[0]) == expected).mean() > 0.999  # fp16 probabilities on disk
+    with pytest.raises(ValueError, match="class_gains needs 6 positive numbers"):
+        _tiny_segmenter(class_gains=[1, 2])

@@ -231,6 +231,9 @@ class TomogramSegmenter:
         resample_tolerance: relative tolerance of the voxel-size check.
         min_component_size: drop connected components smaller than this many voxels (an int for every
             foreground class or one value per class); 0 disables the clean-up.
+        class_gains: one factor per class applied to the probabilities before the argmax (a prior
+            correction, chosen on synthetic validation data by ``scripts/tune_postprocessing.py``);
+            ``None`` = plain argmax. Written probabilities stay the network's.
         normalizer: intensity normalisation (must match training); default ``RobustNormalizeIntensity()``.
         progress: show a progress bar with ETA.
         overwrite: replace existing outputs (else skip tomograms whose labels already exist).
@@ -275,6 +278,7 @@ class TomogramSegmenter:
         invert: str | bool = "auto",
         preview: bool | str = False,
         output_format: str = "mrc",
+        class_gains: Sequence[float] | None = None,
     ) -> None:
         self.device = _default_device() if device in (None, "auto") else torch.device(device)
         if self.device.type == "cuda":
@@ -354,6 +358,13 @@ class TomogramSegmenter:
         if output_format not in ("mrc", "zarr"):
             raise ValueError(f"output_format must be 'mrc' or 'zarr', got {output_format!r}.")
         self.output_format = output_format
+        if class_gains is not None:
+            gains = [float(g) for g in class_gains]
+            if len(gains) != int(num_classes) or not all(math.isfinite(g) and g > 0 for g in gains):
+                raise ValueError(f"class_gains needs {num_classes} positive numbers, got {class_gains!r}.")
+            self.class_gains: torch.Tensor | None = torch.tensor(gains)[:, None, None]
+        else:
+            self.class_gains = None
         self.model_path = None if model_path is None else str(model_path)
         self.overwrite = parse_bool(overwrite, "overwrite")
         if isinstance(invert, str) and invert.lower() == "auto":
@@ -770,7 +781,8 @@ class TomogramSegmenter:
         adds the label counts to ``counts`` and the normalised entropy to ``entropy_sum[0]``."""
         for j in range(probs.shape[1]):  # plane by plane: temporaries stay small
             z, p = z0 + j, probs[:, j]
-            seg = p.argmax(0).to(torch.uint8).numpy()
+            weighted = p if self.class_gains is None else p * self.class_gains
+            seg = weighted.argmax(0).to(torch.uint8).numpy()
             seg_mm[z] = seg
             release_pages(seg_mm[z])
             counts += np.bincount(seg.ravel(), minlength=self.num_classes)[: self.num_classes]
