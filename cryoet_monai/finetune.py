@@ -182,6 +182,7 @@ def finetune(
         RandRotate90d,
         RandScaleIntensityd,
         RandShiftIntensityd,
+        SpatialPadd,
         SqueezeDimd,
     )
 
@@ -264,6 +265,9 @@ def finetune(
     weights = (weights / weights[counts > 0].mean()).tolist()
     crop = [context, patch_size, patch_size]
     train_tf = Compose([
+        # small tomograms: pad to one crop (image with its mean, labels with "not painted")
+        SpatialPadd("image", spatial_size=crop, value=0.0),
+        SpatialPadd("label", spatial_size=crop, value=IGNORE_LABEL),
         ClassesToIndicesd("label", num_classes=len(CLASS_NAMES), max_samples_per_class=200_000),
         RandCropByLabelClassesd(["image", "label"], "label", crop, ratios=ratios,
                                 num_classes=len(CLASS_NAMES), num_samples=batch_size,
