@@ -25,8 +25,8 @@ from cryoet_monai.inference.cli import build_segmenter
 from cryoet_monai.inference.postprocess import remove_small_components
 from cryoet_monai.io.mrc import read_mrc
 
-GAINS = (0.35, 0.5, 0.7, 1.0, 1.4, 2.0, 3.0, 4.5, 6.0)
-SIZES = (0, 200, 500, 1000, 2000, 4000, 8000, 16000)
+GAINS = (0.5, 0.7, 1.0, 1.4, 2.0, 3.0, 4.5)
+SIZES = (0, 1000, 4000, 16000)
 C = len(CLASS_NAMES)
 
 
@@ -48,15 +48,22 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("eval/tune_postprocessing"))
     p.add_argument("--write-config", type=Path, help="store class_gains and min_component_size here")
     p.add_argument("--limit", type=int, default=None, help="use only the first N validation tomograms")
+    p.add_argument("--reuse", action="store_true", help="reuse probabilities already written in --out")
+    p.add_argument("--z-stride", type=int, default=2, help="score the gains on every N-th slice (speed)")
     args = p.parse_args()
     segmenter = build_segmenter(None, progress=False, min_component_size=0, class_gains=None,
                                 save_probs=True, invert="no").get_parsed_content("segmenter")
     cases = []
+    full = []
     for item in json.loads(args.datalist.read_text())["validation"][: args.limit]:
-        result = segmenter.segment(args.datalist.parent / item["image"], args.out)
-        probs = torch.as_tensor(np.asarray(read_mrc(result["probs"], mmap=False)[0], dtype=np.float32))
+        probs_path = args.out / (Path(item["image"]).name.replace(".mrc", "_probs.mrc"))
+        if not (args.reuse and probs_path.is_file()):
+            probs_path = Path(segmenter.segment(args.datalist.parent / item["image"], args.out)["probs"])
+        probs = torch.as_tensor(np.asarray(read_mrc(probs_path, mmap=False)[0], dtype=np.float32))
         label = np.asarray(read_mrc(args.datalist.parent / item["label"], mmap=False)[0])
-        cases.append((probs, label))
+        full.append((probs, label))
+    k = max(1, args.z_stride)
+    cases = [(probs[:, ::k].contiguous(), label[::k]) for probs, label in full]
 
     def labels_for(gains: list[float]) -> list[np.ndarray]:
         g = torch.tensor(gains, dtype=torch.float32)[:, None, None, None]
@@ -77,7 +84,9 @@ def main() -> None:
                 if s > best + 1e-4:
                     best, gains = s, trial
         print(f"gains {gains}: mean foreground F1 {best:.4f}")
+    cases = full  # component sizes need whole volumes (connectivity along z)
     preds = labels_for(gains)
+    best, _ = score(preds)
     sizes = [0] * C
     for c in range(1, C):
         for size in SIZES[1:]:
