@@ -325,7 +325,8 @@ def verify_bundle(
     Args:
         bundle_dir: the bundle folder (``configs/``, ``models/``, ``docs/``).
         checks: names from :data:`VERIFY_CHECKS` to run.
-        example_shape: ``(1, 1, H, W)`` input for the export parity checks (multiple of 16).
+        example_shape: ``(1, C, H, W)`` input for the export parity checks (multiple of 16); ``C`` is
+            taken from the metadata's ``num_channels``.
         tomogram_shape: ``(Z, Y, X)`` of the synthetic tomogram for the ``inference`` check.
         inference_args: extra command-line arguments; ``{input}``/``{output_dir}`` are substituted.
         atol: maximal absolute logit difference TorchScript vs eager.
@@ -344,6 +345,9 @@ def verify_bundle(
         raise BundleError(
             f"{bundle}: not a bundle (configs/metadata.json and configs/inference.json expected)"
         )
+    # the input channels the network takes (5 slices for a 2.5-D model), from the metadata
+    channels = json.loads(meta.read_text())["network_data_format"]["inputs"]["image"]["num_channels"]
+    example_shape = (example_shape[0], int(channels), *example_shape[2:])
     x = _example_input(example_shape)
     results: list[CheckResult] = []
     work = Path(tempfile.mkdtemp(prefix="verify_", dir=bundle.parent))
