@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from cryoet_monai import PaperUNet
 from cryoet_monai.inference import TomogramSegmenter, find_inputs
@@ -200,3 +201,30 @@ def test_unset_voxel_size_alone_is_a_usage_error(tmp_path: Path, tiny_bundle: Pa
     assert "t.mrc" in lines[0] and "--voxel-size" in lines[0]
     assert main([str(path), "-o", str(tmp_path / "out"), "--config", str(tiny_bundle), "--no-progress",
                  "--voxel-size", "10"]) == 0
+
+
+def test_read_only_output_folder_is_named_not_our_temporary(tmp_path: Path, monkeypatch):
+    """Root ignores permission bits, so the refusal is injected where the file is created."""
+    import mrcfile
+
+    from cryoet_monai.io.mrc import MRCWriteError, create_mrc
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(mrcfile, "new_mmap", refuse)
+    with pytest.raises(MRCWriteError) as err:
+        with create_mrc(tmp_path / "t_seg.mrc", (2, 4, 4), np.uint8):
+            pass
+    assert str(err.value) == f"{tmp_path}: cannot write here (Permission denied)"
+
+
+def test_all_background_result_is_warned(tmp_path: Path, caplog):
+    net = PaperUNet(2, 1, 6, features=[4, 8, 16, 32, 64])
+    with torch.no_grad():
+        net.final_conv.bias.copy_(torch.tensor([50.0, 0, 0, 0, 0, 0]))  # always background
+    _tomo(tmp_path / "t.mrc")
+    seg = TomogramSegmenter(net, model_voxel_size=10.0, progress=False, invert="no")
+    with caplog.at_level("WARNING"):
+        seg.segment(tmp_path / "t.mrc", tmp_path / "out")
+    assert "essentially all background" in caplog.text and "t.mrc" in caplog.text

@@ -307,3 +307,17 @@ def test_class_gains_change_the_argmax_only(tmp_path: Path):
     assert (np.asarray(read_mrc(b["seg"])[0]) == expected).mean() > 0.999  # fp16 probabilities on disk
     with pytest.raises(ValueError, match="class_gains needs 6 positive numbers"):
         _tiny_segmenter(class_gains=[1, 2])
+
+
+@pytest.mark.slow
+def test_inverted_contrast_gives_the_same_labels_under_invert_auto(tmp_path: Path, repo_root: Path):
+    from cryoet_monai.data.synthetic import generate_tomogram
+
+    image, _ = generate_tomogram((32, 256, 256), 10.0, 31)
+    save_mrc(tmp_path / "dark.mrc", image, voxel_size=10.0)
+    save_mrc(tmp_path / "bright.mrc", -image, voxel_size=10.0)
+    seg = _shipped_segmenter(repo_root)  # invert: auto
+    dark, bright = (seg.segment(tmp_path / f"{n}.mrc", tmp_path / "out") for n in ("dark", "bright"))
+    assert not dark["inverted"] and bright["inverted"]
+    a, b = (np.asarray(read_mrc(r["seg"])[0]) for r in (dark, bright))
+    assert (a == b).mean() >= 0.95
