@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import platform
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import torch
 
@@ -54,7 +54,11 @@ def cpu_has_native_bf16() -> bool:
     return any(flag in _cpu_flags() for flag in _BF16_FLAGS)
 
 
-_logged: set[tuple[str, str, str]] = set()
+@cache
+def _log_decision(precision: str, kind: str, decision: str) -> None:
+    """Log each (precision, device type) decision once per process."""
+    logger.info("precision %s on %s: %s", precision, kind, decision)
+
 
 
 def resolve_autocast_dtype(precision: str, device: str | torch.device) -> torch.dtype | None:
@@ -78,10 +82,7 @@ def resolve_autocast_dtype(precision: str, device: str | torch.device) -> torch.
         dtype = torch.bfloat16 if cpu_has_native_bf16() else None
     else:
         dtype = None
-    key = (precision, kind, str(dtype))
-    if key not in _logged:
-        _logged.add(key)
-        logger.info("precision %s on %s: %s", precision, kind, "fp32" if dtype is None else str(dtype))
+    _log_decision(precision, kind, "fp32" if dtype is None else str(dtype))
     return dtype
 
 

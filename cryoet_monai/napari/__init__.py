@@ -45,7 +45,6 @@ def get_reader(path: str | list[str]) -> Any:
 def read_outputs(path: str | list[str]) -> list[LayerData]:
     """Layer-data tuples for ``<name>_seg``, ``_probs`` and ``_uncertainty`` files (MRC or OME-Zarr)."""
     from cryoet_monai.evaluation.figures import CLASS_COLORS
-    from cryoet_monai.inference.engine import TomogramSegmenter
     from cryoet_monai.io.mrc import read_mrc
 
     layers: list[LayerData] = []
@@ -53,13 +52,13 @@ def read_outputs(path: str | list[str]) -> list[LayerData]:
         p = Path(p)
         kind = _kind(p)
         if kind == "seg":
-            data = TomogramSegmenter.read_labels(p)
-            if p.suffix == ".zarr":
+            if p.suffix == ".zarr":  # one open of the store: data and voxel size
                 from cryoet_monai.io.omezarr import read_ome_zarr
 
-                vs = read_ome_zarr(p / "labels" / "segmentation")[1]["voxel_size"]
+                data, m = read_ome_zarr(p / "labels" / "segmentation")
             else:
-                vs = read_mrc(p, mmap=True)[1]["voxel_size"]
+                data, m = read_mrc(p, mmap=True)
+            vs = m["voxel_size"]
             colors = {i: (*rgb, 1.0) for i, rgb in enumerate(CLASS_COLORS)}
             colors[0] = (0.0, 0.0, 0.0, 0.0)
             colors[None] = (0.5, 0.5, 0.5, 1.0)  # values outside the classes
