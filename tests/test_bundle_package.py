@@ -51,6 +51,7 @@ def test_every_check_passes_on_unzipped_bundle(packaged):
     assert packaged.passed
     details = {c.name: c.detail for c in packaged.checks}
     assert "argmax agree 1.0000" in details["torchscript"] and "argmax agree 1.0000" in details["onnx"]
+    assert "exported with torch.jit.script" in details["torchscript"]  # scripted, not traced
     assert "(12, 64, 64)" in details["inference"]  # the label volume has the input's shape
 
 

@@ -23,6 +23,7 @@ from cryoet_monai.inference import (
     remove_small_components,
     shard,
 )
+from cryoet_monai.inference.predictor import fold_batch_norm
 from cryoet_monai.io.mrc import is_mrc_path, mrc_stem, read_mrc, save_mrc
 
 FEATURES = (4, 8, 16, 32, 64)
@@ -356,6 +357,35 @@ def test_checkpoint_of_another_network_is_a_clear_error(tmp_path: Path) -> None:
     torch.save(PaperUNet(2, 1, 6, features=(8, 16, 32, 64, 128)).state_dict(), path)
     with pytest.raises(InferenceError, match=r"wide\.pt: the checkpoint does not fit.*network_def"):
         _segmenter(_net(), model_path=path)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_fold_batch_norm_keeps_the_function(spatial_dims: int) -> None:
+    """Every batch norm of a PaperUNet is folded into its conv; eval-mode logits stay the same, the
+    input network is not modified, and other norms are left alone."""
+    net = _net(spatial_dims, seed=1)
+    shape = (2, 1, *([16] * spatial_dims))
+    with torch.no_grad():  # running statistics other than (0, 1), so that folding changes the weights
+        for _ in range(2):
+            net(3.0 * torch.randn(shape) + 1.0)
+    net.eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    norms = (nn.BatchNorm2d, nn.BatchNorm3d)
+    n_norms = sum(isinstance(m, norms) for m in net.modules())
+    assert n_norms == 4 * len(FEATURES) - 2  # two per double conv, encoder and decoder
+
+    folded = fold_batch_norm(net)
+    assert not any(isinstance(m, norms) for m in folded.modules())
+    n_identity = sum(isinstance(m, nn.Identity) for m in folded.modules())
+    assert n_identity == n_norms + sum(isinstance(m, nn.Identity) for m in net.modules())
+    assert net.state_dict().keys() == before.keys()
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+    x = torch.randn(1, 1, *([32] * spatial_dims))
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), net(x), rtol=1e-4, atol=1e-5)
+
+    grouped = PaperUNet(spatial_dims, 1, 6, features=FEATURES, norm=("group", {"num_groups": 2}))
+    assert [type(m) for m in fold_batch_norm(grouped).modules()] == [type(m) for m in grouped.modules()]
 
 
 def test_every_reader_suffix_is_found_and_named(tmp_path: Path) -> None:

@@ -1,20 +1,24 @@
-"""Ignite handlers for the training bundle: resumable "last" checkpoints."""
+"""Ignite handlers for the training bundle: the best-model checkpoint, resumable "last" checkpoints and
+per-class metrics."""
 
 from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
-from ignite.handlers import Checkpoint
+from ignite.handlers import Checkpoint, DiskSaver
+from monai.handlers import CheckpointSaver
+from monai.utils import is_scalar
 
 from cryoet_monai.precision import parse_bool
 
-__all__ = ["CheckpointResumeError", "ClassMetricsHandler", "ResumeCheckpoint"]
+__all__ = ["BestMetricCheckpoint", "CheckpointResumeError", "ClassMetricsHandler", "ResumeCheckpoint"]
 
 
 class CheckpointResumeError(ValueError):
@@ -30,12 +34,95 @@ def _is_main_process() -> bool:
 def _state_of(name: str, obj: Any) -> Any:
     if hasattr(obj, "state_dict"):
         return obj.state_dict()
-    # monai.handlers.CheckpointSaver has load_state_dict() but no state_dict(): its best-model
-    # bookkeeping (which score is the best so far) lives in the wrapped ignite Checkpoint
-    inner = getattr(obj, "_key_metric_checkpoint", None)
-    if inner is not None:
-        return inner.state_dict()
-    raise TypeError(f"ResumeCheckpoint cannot save '{name}': {type(obj).__name__} has no state_dict()")
+    hint = ""
+    if isinstance(obj, CheckpointSaver):  # it can load its best-score bookkeeping but not give it
+        hint = "; use cryoet_monai.engines.BestMetricCheckpoint for the best model"
+    raise TypeError(f"ResumeCheckpoint cannot save '{name}': {type(obj).__name__} has no state_dict(){hint}")
+
+
+class _FixedNameDiskSaver(DiskSaver):
+    """A :class:`ignite.handlers.DiskSaver` that writes (and removes) one fixed file name."""
+
+    def __init__(self, dirname: str | os.PathLike, filename: str) -> None:
+        # not atomic, as in monai.handlers.CheckpointSaver: ignite's atomic save leaves a file that
+        # only its owner can read
+        super().__init__(dirname=str(dirname), atomic=False, require_empty=False)
+        self.filename = filename
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        super().__call__(checkpoint, self.filename, metadata)
+
+    def remove(self, filename: str) -> None:
+        super().remove(self.filename)
+
+
+class BestMetricCheckpoint:
+    """Keep the objects of the epoch with the best key metric so far in one file, resumably.
+
+    Attached to an evaluator, at the end of every evaluation it compares the key metric with the best
+    one so far and, if it is higher, writes ``save_dict`` to ``<save_dir>/<filename>`` -- with a single
+    object (``{"model": network}``) that object's plain ``state_dict``, without a DDP ``module.``
+    prefix. This is what ``monai.handlers.CheckpointSaver(save_key_metric=True,
+    key_metric_filename=filename)`` does, built on the same :class:`ignite.handlers.Checkpoint`; in
+    addition :meth:`state_dict`/:meth:`load_state_dict` give the bookkeeping (the best score so far)
+    to :class:`ResumeCheckpoint`, so a resumed run replaces the file only with a better score than
+    the best one before the interruption.
+
+    Args:
+        save_dir: folder of the file (the bundle's ``ckpt_dir``).
+        save_dict: name -> object with ``state_dict``, e.g. ``{"model": network}``.
+        filename: file name inside ``save_dir``.
+        key_metric_name: name of the metric in ``engine.state.metrics``; ``None`` for the engine's key
+            metric (``engine.state.key_metric_name``).
+        negative_sign: lower is better (an error-like metric).
+        greater_or_equal: an equal score also replaces the file (default: the first one is kept).
+    """
+
+    def __init__(
+        self,
+        save_dir: str | os.PathLike,
+        save_dict: Mapping[str, Any],
+        filename: str = "model.pt",
+        key_metric_name: str | None = None,
+        negative_sign: bool = False,
+        greater_or_equal: bool = False,
+    ) -> None:
+        self.key_metric_name = key_metric_name
+        self.sign = -1 if negative_sign else 1
+        self.checkpoint = Checkpoint(
+            to_save=dict(save_dict),
+            save_handler=_FixedNameDiskSaver(save_dir, filename),
+            filename_prefix="",
+            score_function=self._score,
+            score_name="key_metric",
+            n_saved=1,
+            greater_or_equal=greater_or_equal,
+        )
+
+    def _score(self, engine: Engine) -> float:
+        name = self.key_metric_name
+        if name is None:
+            name = getattr(engine.state, "key_metric_name", None)
+            if name is None:
+                raise ValueError("BestMetricCheckpoint: no key_metric_name and the engine has no key metric.")
+        metric = engine.state.metrics[name]
+        if not is_scalar(metric):
+            warnings.warn(
+                f"key metric {name}={metric} is not a scalar: not compared, no model saved.", stacklevel=2
+            )
+            return -1
+        return self.sign * metric
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.checkpoint)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The best-score bookkeeping: ignite ``Checkpoint.state_dict()`` (``(score, filename)`` pairs)."""
+        return self.checkpoint.state_dict()
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (also what a ``CheckpointSaver``'s checkpoint held)."""
+        self.checkpoint.load_state_dict(state_dict)
 
 
 class ResumeCheckpoint:
@@ -43,7 +130,7 @@ class ResumeCheckpoint:
 
     At the end of every ``save_interval``-th epoch (after the validation and LR-schedule handlers,
     so attach this one last) ``save_dict`` -- typically network, optimizer, lr scheduler and the
-    best-model ``CheckpointSaver`` -- plus the engine it is attached to (as ``"trainer"``) is
+    :class:`BestMetricCheckpoint` -- plus the engine it is attached to (as ``"trainer"``) is
     written to ``<save_dir>/<filename>`` atomically (temporary file + ``os.replace``; only rank 0
     writes under ``torch.distributed``). When the trainer starts and that file exists, everything
     is restored, so the epoch/iteration counters, optimizer moments and learning-rate schedule

@@ -18,13 +18,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from monai.inferers import SimpleInferer
-from monai.networks.blocks import Convolution
+from monai.networks.blocks import ADN, Convolution
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from cryoet_monai.engines.inferers import AutocastInferer
 from cryoet_monai.precision import resolve_autocast_dtype
 
 __all__ = ["WindowPredictor", "fold_batch_norm", "resolve_autocast_dtype", "tta_transforms"]
+
+# the batch norms (and convolutions) `fold_batch_norm` folds: every eval-mode batch norm is an affine map
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
 
 def fold_batch_norm(network: nn.Module) -> nn.Module:
     """A copy of ``network`` with eval-mode batch norms folded into the convolutions before them.
@@ -36,20 +41,20 @@ def fold_batch_norm(network: nn.Module) -> nn.Module:
     """
     network = copy.deepcopy(network).eval()
     for module in network.modules():
-        adn = getattr(module, "adn", None)
-        if not isinstance(module, Convolution) or not isinstance(adn, nn.Module):
+        # a Convolution is the Sequential (conv[, ADN]) and an ADN the Sequential of its layers in
+        # `adn_ordering`: the norm comes right after the conv when it is the ADN's first layer
+        if not isinstance(module, Convolution) or len(module) < 2:
             continue
-        children = list(adn.named_children())
-        conv = getattr(module, "conv", None)
+        conv, adn = module[0], module[1]
         if (
-            children
-            and children[0][0] == "N"
-            and isinstance(children[0][1], nn.modules.batchnorm._BatchNorm)
-            and children[0][1].track_running_stats
-            and isinstance(conv, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
+            isinstance(conv, _CONVS)
+            and isinstance(adn, ADN)
+            and len(adn) > 0
+            and isinstance(adn[0], _BATCH_NORMS)
+            and adn[0].track_running_stats
         ):
-            module.conv = fuse_conv_bn_eval(conv, children[0][1])
-            adn.N = nn.Identity()
+            module[0] = fuse_conv_bn_eval(conv, adn[0])
+            adn[0] = nn.Identity()
     return network
 
 

@@ -9,11 +9,16 @@ The layout follows the paper's PyTorch port of https://github.com/zhixuhao/unet:
   halving the channels (-> act) -> concat ``[skip, up]`` -> double conv with ``features[k]`` channels;
 * 1x1 conv to ``out_channels`` logits (no softmax: the losses take logits).
 
+The network can be compiled with ``torch.jit.script`` (and so exported with
+``python -m monai.bundle ckpt_export`` without ``--use_trace``); the scripted module has the same
+state-dict keys and computes the same function.
+
 At the default widths ``(64, 128, 256, 512, 1024)`` in 2-D the network has 34,524,294 parameters.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -50,6 +55,21 @@ class DoubleConv(nn.Sequential):
         self.add_module(
             "conv_1", Convolution(spatial_dims, out_chns, out_chns, act=act, norm=norm, bias=bias)
         )
+
+
+# torch >= 2.13 deprecates TorchScript and warns on defining an interface; defining one must not warn
+# on import (as in MONAI's DiNTS, monai/networks/nets/dints.py)
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+
+    @torch.jit.interface
+    class _DecoderBlock(nn.Module):
+        """TorchScript interface of :class:`UpConcat`: lets scripted code index a ``ModuleList`` of them
+        with a loop variable (TorchScript otherwise accepts only integer literals as indices)."""
+
+        def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+            """``(B, in_chns, *S)``, ``(B, skip_chns, *2S)`` -> ``(B, out_chns, *2S)``."""
+            pass
 
 
 class UpConcat(nn.Module):
@@ -179,6 +199,14 @@ class PaperUNet(nn.Module):
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.features = features
+        #: the bundle-config definition this network was built from (model folders write it out;
+        #: TorchScript leaves the attribute out of scripted modules)
+        self.definition: dict = {
+            "_target_": "cryoet_monai.PaperUNet", "spatial_dims": spatial_dims, "in_channels": in_channels,
+            "out_channels": out_channels, "features": list(features), "dropout": dropout,
+            "dropout_levels": list(dropout_levels), "norm": norm, "act": act, "bias": bias,
+            "upsample": upsample,
+        }  # fmt: skip
         depth = len(features) - 1
         # every spatial size must survive `depth` exact halvings
         self.size_divisible: int = 2**depth
@@ -204,7 +232,10 @@ class PaperUNet(nn.Module):
         )
         self.final_conv = Conv["conv", spatial_dims](features[0], out_channels, kernel_size=1)
 
+    @torch.jit.unused
     def _check_input(self, x: torch.Tensor) -> None:
+        """Raise :class:`InputSizeError` unless ``x`` is ``(B, in_channels, *S)`` with ``S`` divisible by
+        :attr:`size_divisible` (eager mode only)."""
         if x.ndim != self.spatial_dims + 2:
             raise InputSizeError(
                 f"PaperUNet(spatial_dims={self.spatial_dims}) expects a "
@@ -231,14 +262,23 @@ class PaperUNet(nn.Module):
         Returns:
             logits ``(B, out_channels, ...)`` with the spatial size of ``x``.
         """
-        # shape checks are Python-side; skip them while tracing/exporting so graphs stay shape-generic
-        if not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()):
-            self._check_input(x)
+        # shape checks are Python-side; skip them while scripting/tracing/compiling so graphs stay
+        # shape-generic (`is_scripting()` is resolved when compiling: the branch is not scripted)
+        if not torch.jit.is_scripting():
+            if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+                self._check_input(x)
         skips: list[torch.Tensor] = []
         for block, drop in zip(self.encoder, self.encoder_dropout):
             x = drop(block(x))
             skips.append(x)
         x = skips.pop()
-        for up in reversed(self.decoder):
-            x = up(x, skips.pop())
+        if torch.jit.is_scripting():
+            # TorchScript iterates a ModuleList forwards only and indexes it with literals only, except
+            # through a module interface: run the same blocks, deepest first, by index
+            for k in range(len(self.decoder) - 1, -1, -1):
+                up: _DecoderBlock = self.decoder[k]
+                x = up.forward(x, skips[k])
+        else:
+            for up in reversed(self.decoder):
+                x = up(x, skips.pop())
         return self.final_conv(x)
