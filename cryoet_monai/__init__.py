@@ -18,14 +18,10 @@ from cryoet_monai.lazy_exports import lazy_exports
 
 __version__ = "0.2.0"
 
-CLASS_NAMES: tuple[str, ...] = (
-    "background",
-    "microtubule",
-    "ribosome",
-    "double_membrane",
-    "single_membrane",
-    "carbon_edge",
-)
+from cryoet_monai.classes import CLASSES, ClassInfo, ClassRegistry  # noqa: E402  (pure Python, cheap)
+
+#: class names, index = label value (from the registry :data:`CLASSES`)
+CLASS_NAMES: tuple[str, ...] = CLASSES.names
 NUM_CLASSES: int = len(CLASS_NAMES)
 IGNORE_LABEL: int = 255
 
@@ -61,6 +57,7 @@ _EXPORTS: dict[str, str] = {
     "scores_from_confusion": "cryoet_monai.metrics",
     # training
     "AutocastInferer": "cryoet_monai.engines.inferers",
+    "BestMetricCheckpoint": "cryoet_monai.engines.handlers",
     "ResumeCheckpoint": "cryoet_monai.engines.handlers",
     "ClassMetricsHandler": "cryoet_monai.engines.handlers",
     "prepare_datalist": "cryoet_monai.engines.data",
@@ -75,4 +72,7 @@ _EXPORTS: dict[str, str] = {
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
-__all__ = ["CLASS_NAMES", "NUM_CLASSES", "IGNORE_LABEL", "__version__", *_EXPORTS]
+__all__ = [
+    "CLASSES", "CLASS_NAMES", "ClassInfo", "ClassRegistry", "NUM_CLASSES", "IGNORE_LABEL", "__version__",
+    *_EXPORTS,
+]  # fmt: skip

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from monai.losses import DiceLoss
 from monai.networks.utils import one_hot
 
-from cryoet_monai import IGNORE_LABEL, NUM_CLASSES
+from cryoet_monai import CLASSES, IGNORE_LABEL, NUM_CLASSES
 
 __all__ = [
     "PAPER_CLASS_WEIGHTS",
@@ -35,8 +35,8 @@ __all__ = [
 ]
 
 #: the paper's cross-entropy class weights (background, microtubule, ribosome, double membrane,
-#: single membrane, carbon edge)
-PAPER_CLASS_WEIGHTS: tuple[float, ...] = (1.0, 2000.0, 3000.0, 2000.0, 2000.0, 3000.0)
+#: single membrane, carbon edge), from the class registry
+PAPER_CLASS_WEIGHTS: tuple[float, ...] = CLASSES.paper_weights
 
 WeightLike = Sequence[float] | np.ndarray | torch.Tensor
 

@@ -107,7 +107,10 @@ def main() -> None:
     if args.write_config:
         text = args.write_config.read_text()
         config = json.loads(text)
-        for key, value in (("class_gains", gains), ("min_component_size", sizes)):
+        # by class name, as configs/inference.json keeps them (defaults: gain 1, no size limit)
+        by_name = {"class_gains": {n: g for n, g in zip(CLASS_NAMES, gains) if g != 1.0},
+                   "min_component_size": {n: v for n, v in zip(CLASS_NAMES, sizes) if v}}
+        for key, value in by_name.items():
             text = text.replace(f'"{key}": {json.dumps(config[key])},', f'"{key}": {json.dumps(value)},')
         args.write_config.write_text(text)
 

@@ -22,13 +22,14 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cryoet_monai.classes import CLASSES, GENERATOR_OBJECTS
 from cryoet_monai.data.imaging import ImagingParams, image_volume, visible_normals
 from cryoet_monai.data.phantom import Canvas, Ellipsoid, IceSlab, Sheet, random_rotation, smooth_path
 from cryoet_monai.data.tilt_series import TiltSeriesParams, reconstruct_tilt_series
@@ -48,21 +49,15 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: bumped whenever the generated data change, so cached datasets are regenerated
-GENERATOR_VERSION = "3"
+GENERATOR_VERSION = "4"
 #: storage dtypes written by :func:`write_synthetic_dataset` (``"random"`` picks one per tomogram)
 STORAGE_DTYPES = ("float32", "float16", "int16", "uint8", "int8")
 
-# class label values (see cryoet_monai.CLASS_NAMES)
-MICROTUBULE, RIBOSOME, DOUBLE_MEMBRANE, SINGLE_MEMBRANE, CARBON = 1, 2, 3, 4, 5
-_FOREGROUND = ("microtubule", "ribosome", "double_membrane", "single_membrane", "carbon_edge")
+# the label each object kind is painted with (the class registry: cryoet_monai.classes)
+_LABEL = {obj: CLASSES.label_of(obj) for obj in GENERATOR_OBJECTS}
+_FOREGROUND = CLASSES.foreground
 #: default probability that a class occurs in a tomogram
-DEFAULT_CLASS_MIX: dict[str, float] = {
-    "microtubule": 0.9,
-    "ribosome": 1.0,
-    "double_membrane": 0.85,
-    "single_membrane": 0.95,
-    "carbon_edge": 0.7,
-}
+DEFAULT_CLASS_MIX: dict[str, float] = CLASSES.class_mix()
 # density contrast relative to vitreous ice, in units of protein's: (rho - 0.94) / (1.35 - 0.94)
 # with rho in g/cm³ (protein 1.35, nucleic acid 1.7, lipid head groups ~1.35, tails 0.86,
 # amorphous carbon ~2.0, gold 19.3 capped: its contrast is mostly amplitude, vacuum 0)
@@ -272,7 +267,7 @@ def _paint_distractors(cv: Canvas, rng: np.random.Generator, slab: IceSlab, n: i
             half = _uniform(rng, 70.0, 220.0)
             r_out = _uniform(rng, 55.0, 80.0)
             cv.paint_tube(np.stack([p - half * d, p + half * d]), r_out, r_out * _uniform(rng, 0.2, 0.45),
-                          rho, None)
+                          rho, _LABEL["distractor"] or None)
             placed += 1
         else:  # a globular complex of 1-4 domains, 15-30 nm across, textured like a ribosome
             k = int(rng.integers(1, 5))
@@ -281,7 +276,8 @@ def _paint_distractors(cv: Canvas, rng: np.random.Generator, slab: IceSlab, n: i
             radii = r0 * rng.uniform(0.5, 1.0, k)
             radii[0] = r0
             centers, radii, dens = _lumpy(rng, centers, radii, np.full(k, rho))
-            placed += cv.paint_blob(centers, radii, rho, None, free_only=True, densities=dens) >= 0
+            placed += cv.paint_blob(centers, radii, rho, _LABEL["distractor"] or None, free_only=True,
+                                    densities=dens) >= 0
     return placed
 
 
@@ -298,6 +294,26 @@ def _paint_membrane_proteins(cv: Canvas, rng: np.random.Generator, shape_, n: in
         r = _uniform(rng, 25.0, 60.0)
         offset = _uniform(rng, -0.3, 1.0) * r  # transmembrane to peripheral
         cv.paint_blob((c + m * offset)[None], np.array([r]), _uniform(rng, 0.7, 1.2), None)
+
+
+def _paint_cristae(cv: Canvas, rng: np.random.Generator, mito: Ellipsoid,
+                   visible: Callable[[list[np.ndarray]], np.ndarray]) -> int:
+    """Lamellar cristae inside a mitochondrion: flattened disks whose two faces are inner-membrane
+    bilayers 16-30 nm apart, labelled double membrane like the envelope; returns labelled voxels.
+
+    Disks stay within 80 % of the smallest semi-axis of the centre, i.e. inside the envelope."""
+    minor = float(mito.axes.min())
+    count = 0
+    for _ in range(int(rng.integers(2, 9))):
+        offset = rng.standard_normal(3)
+        offset *= _uniform(rng, 0.0, 0.25) * minor / np.linalg.norm(offset)
+        a = _uniform(rng, 0.3, 0.55) * minor
+        axes = np.array([a, a * _uniform(rng, 0.4, 1.0), _uniform(rng, 80.0, 150.0)])
+        disk = Ellipsoid(mito.center + offset, axes, random_rotation(rng))
+        count += cv.paint_membrane(disk, (0.0,), _LABEL["cristae"], _uniform(rng, 20.0, 25.0),
+                                   _uniform(rng, 36.0, 42.0), density=_uniform(rng, 0.4, 1.0),
+                                   visible=visible, tail_density=_LIPID_TAIL * _uniform(rng, 0.5, 1.5))
+    return count
 
 
 def build_phantom(
@@ -338,7 +354,7 @@ def build_phantom(
         d = rng.standard_normal(3)
         path = smooth_path(rng, cv.random_point(rng, slab), d, 100.0, _uniform(rng, 2000.0, 8000.0),
                            -pad, ext + pad, _uniform(rng, 1000.0, 6000.0))
-        cv.paint_tube(path, 35.0, 0.0, 0.8, None)
+        cv.paint_tube(path, 35.0, 0.0, 0.8, _LABEL["actin"] or None)
 
     # --- double membranes: mitochondrion-like ellipsoids or nuclear-envelope-like sheets
     surfaces = []
@@ -357,10 +373,12 @@ def build_phantom(
                 offsets, fill, kind = (spacing / 2, -spacing / 2), 0.25, "mitochondrion"
             else:
                 shape_ = _sheet(rng, p)
-                offsets, fill, kind = (spacing / 2, -spacing / 2), 0.0, "envelope"
-            n = cv.paint_membrane(shape_, offsets, DOUBLE_MEMBRANE, half, _uniform(rng, 36.0, 42.0),
+                offsets, fill, kind = (spacing / 2, -spacing / 2), 0.0, "nuclear_envelope"
+            n = cv.paint_membrane(shape_, offsets, _LABEL[kind], half, _uniform(rng, 36.0, 42.0),
                                   density=_uniform(rng, 0.4, 1.1), fill=fill * _uniform(rng, 0.3, 1.5),
                                   visible=visible, tail_density=_LIPID_TAIL * _uniform(rng, 0.5, 1.5))
+            if kind == "mitochondrion":
+                n += _paint_cristae(cv, rng, shape_, visible)
             _paint_membrane_proteins(cv, rng, shape_, int(rng.integers(0, 60)), float(ext.max()))
             info["double_membranes"].append({"kind": kind, "shape": shape_, "spacing": spacing,
                                              "half_thickness": half, "voxels": n})
@@ -374,13 +392,15 @@ def build_phantom(
                 axes = r * rng.uniform(0.8, 1.0, 3)
                 shape_, kind = Ellipsoid.through_point(p, axes, random_rotation(rng), rng), "vesicle"
             elif u < 0.8:
+                # ER cisterna: lumen 70-150 nm, wider than any double membrane (<= 55 nm centre to
+                # centre), so "two bilayers closer than ~55 nm" means double membrane everywhere
                 a = _uniform(rng, 1000.0, 4000.0)
-                axes = np.array([a, a * _uniform(rng, 0.3, 0.6), _uniform(rng, 200.0, 500.0)])
-                shape_, kind = Ellipsoid.through_point(p, axes, random_rotation(rng), rng), "er"
+                axes = np.array([a, a * _uniform(rng, 0.3, 0.6), _uniform(rng, 350.0, 750.0)])
+                shape_, kind = Ellipsoid.through_point(p, axes, random_rotation(rng), rng), "er_cisterna"
             else:
-                shape_, kind = _sheet(rng, p), "sheet"
+                shape_, kind = _sheet(rng, p), "membrane_sheet"
             half = _uniform(rng, 20.0, 25.0)
-            n = cv.paint_membrane(shape_, (0.0,), SINGLE_MEMBRANE, half, _uniform(rng, 36.0, 42.0),
+            n = cv.paint_membrane(shape_, (0.0,), _LABEL[kind], half, _uniform(rng, 36.0, 42.0),
                                   density=_uniform(rng, 0.4, 1.1), visible=visible,
                                   tail_density=_LIPID_TAIL * _uniform(rng, 0.5, 1.5))
             _paint_membrane_proteins(cv, rng, shape_, int(rng.integers(0, 40)), float(ext.max()))
@@ -395,7 +415,8 @@ def build_phantom(
                                -pad, ext + pad, _uniform(rng, 3000.0, 20000.0))
             r_out = _uniform(rng, 120.0, 130.0)
             r_in = _uniform(rng, 70.0, 80.0)
-            n = cv.paint_tube(path, r_out, r_in, _PROTEIN * _uniform(rng, 0.9, 1.3), MICROTUBULE)
+            n = cv.paint_tube(path, r_out, r_in, _PROTEIN * _uniform(rng, 0.9, 1.3),
+                           _LABEL["microtubule"])
             info["microtubules"].append({"path": path, "r_out": r_out, "r_in": r_in, "voxels": n})
     # --- ribosomes: crowded, some bound to membranes (rough ER)
     if scene.present["ribosome"]:
@@ -413,7 +434,7 @@ def build_phantom(
                 if np.any(c < 0) or np.any(c > ext) or slab.depth(*c) < 100:
                     continue
                 centers, radii, dens = _ribosome(rng, c)
-                placed += cv.paint_blob(centers, radii, 1.0, RIBOSOME, free_only=True,
+                placed += cv.paint_blob(centers, radii, 1.0, _LABEL["ribosome"], free_only=True,
                                         densities=dens) > 0
                 if placed >= n_bound:
                     break
@@ -422,7 +443,7 @@ def build_phantom(
             if placed >= target:
                 break
             centers, radii, dens = _ribosome(rng, cv.random_point(rng, slab, margin=100.0))
-            placed += cv.paint_blob(centers, radii, 1.0, RIBOSOME, free_only=True,
+            placed += cv.paint_blob(centers, radii, 1.0, _LABEL["ribosome"], free_only=True,
                                     densities=dens) > 0
         info["ribosomes"] = placed
     # --- look-alike large complexes (label 0), in every tomogram: ribosomes are told by shape
@@ -435,7 +456,7 @@ def build_phantom(
             p = cv.random_point(rng, None)
             lo, hi = slab.surfaces(p[1], p[2])
             p[0] = lo + 60.0 if rng.random() < 0.5 else hi - 60.0
-            cv.paint_blob(p[None], np.array([50.0]), _GOLD, 0, overwrite=True)
+            cv.paint_blob(p[None], np.array([50.0]), _GOLD, _LABEL["gold"], overwrite=True)
 
     cv.apply_slab(slab, _VACUUM)
     # --- carbon film (15-50 nm) ending at a curved hole edge, painted over everything
@@ -491,12 +512,12 @@ def _paint_carbon(cv: Canvas, rng: np.random.Generator) -> dict[str, Any]:
         coords = cv.coords(sl)
         if inside:
             cv.rho[sl] = grain(*coords)
-            cv.label[sl] = CARBON
+            cv.label[sl] = _LABEL["carbon"]
             continue
         d, _ = sdf(*coords)
         w = np.clip(0.5 - d / vs, 0, 1).astype(np.float32)
         cv.rho[sl] = w * grain(*coords) + (1 - w) * cv.rho[sl]
-        cv.label[sl][d <= 0] = CARBON
+        cv.label[sl][d <= 0] = _LABEL["carbon"]
     return {"thickness": thickness, "normal": normal, "center": center, "hole_center": hole,
             "hole_radius": radius}
 
@@ -558,7 +579,7 @@ def generate_tomogram(
         if imaging.invert:
             np.negative(image, out=image)
     else:
-        mask = (cv.rho > _VACUUM / 2) & (cv.rho < 3.0) & (cv.label != CARBON)
+        mask = (cv.rho > _VACUUM / 2) & (cv.rho < 3.0) & (cv.label != _LABEL["carbon"])
         image = image_volume(cv.rho, vs, imaging, rng, signal_mask=mask, workers=workers)
         del mask
     info["timing"] = {"phantom_s": t1 - t0, "imaging_s": time.perf_counter() - t1}

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from cryoet_monai import CLASS_NAMES, IGNORE_LABEL
+from cryoet_monai import CLASS_NAMES, CLASSES, IGNORE_LABEL
 
 __all__ = [
     "CLASS_COLORS",
@@ -30,15 +30,8 @@ __all__ = [
     "plot_training_curves",
 ]
 
-# One fixed RGB colour per class, shared by every figure (index = label value).
-CLASS_COLORS: tuple[tuple[float, float, float], ...] = (
-    (0.0, 0.0, 0.0),  # background
-    (0.13, 0.80, 0.13),  # microtubule: green
-    (1.0, 0.84, 0.0),  # ribosome: yellow
-    (0.90, 0.10, 0.10),  # double membrane: red
-    (0.20, 0.50, 1.0),  # single membrane: blue
-    (1.0, 0.0, 1.0),  # carbon edge: magenta
-)
+# One fixed RGB colour per class, shared by every figure (index = label value; see the registry).
+CLASS_COLORS: tuple[tuple[float, float, float], ...] = CLASSES.colors
 IGNORE_COLOR: tuple[float, float, float] = (0.55, 0.55, 0.55)
 
 

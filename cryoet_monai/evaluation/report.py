@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from monai.metrics import compute_surface_dice
 
-from cryoet_monai import CLASS_NAMES, IGNORE_LABEL
+from cryoet_monai import CLASS_NAMES, CLASSES, IGNORE_LABEL
 from cryoet_monai.evaluation import figures
 
 __all__ = [
@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 # microtubule, double membrane, single membrane: one or two voxels off is not an error for them
-THIN_CLASSES: tuple[int, ...] = (1, 3, 4)
+THIN_CLASSES: tuple[int, ...] = CLASSES.thin
 SCORE_NAMES: tuple[str, ...] = ("f1", "precision", "recall", "iou")
 
 
