@@ -24,7 +24,6 @@ or the time budget is spent, and writes a new self-describing model folder (a bu
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import shutil
@@ -191,6 +190,7 @@ def finetune(
     from cryoet_monai.io.mrc import read_mrc
     from cryoet_monai.losses import MaskedDiceCELoss
     from cryoet_monai.metrics import SegmentationConfusionMetric
+    from cryoet_monai.model_folder import write_model_configs
     from cryoet_monai.precision import resolve_autocast_dtype
     from cryoet_monai.transforms.sampling import SlicesToChannelsd, StackSlices
 
@@ -352,19 +352,17 @@ def finetune(
     (tmp / "configs").mkdir(parents=True)
     (tmp / "models").mkdir()
     torch.save(best["state"], tmp / "models" / "model.pt")
-    inference = json.loads(Path(config_file).read_text())
-    inference["network_def"] = parser.get("network_def")  # the architecture as resolved, widths included
-    (tmp / "configs" / "inference.json").write_text(json.dumps(inference, indent=4) + "\n")
-    meta_src = Path(config_file).parent / "metadata.json"
-    meta = json.loads(meta_src.read_text()) if meta_src.is_file() else {}
-    meta.setdefault("changelog", {})[meta.get("version", "0")] = (
-        f"fine-tuned from {root} on {', '.join(str(t) for t in tomograms)}: held-back F1 {baseline:.3f} -> "
-        f"{best['f1']:.3f} (epoch {best['epoch']}, {(time.perf_counter() - t0) / 60:.1f} min)"
-    )
-    meta["finetune"] = {"source": str(root), "tomograms": [str(t) for t in tomograms],
-                        "painted": [str(p) for p in painted], "held_back_f1_before": baseline,
-                        "held_back_f1_after": best["f1"], "best_epoch": best["epoch"], "minutes": minutes}
-    (tmp / "configs" / "metadata.json").write_text(json.dumps(meta, indent=4) + "\n")
+    write_model_configs(
+        tmp, parser.get("network_def"), config_file,  # the architecture as resolved, widths included
+        changelog=f"fine-tuned from {root} on {', '.join(str(t) for t in tomograms)}: held-back F1 "
+        f"{baseline:.3f} -> {best['f1']:.3f} (epoch {best['epoch']}, "
+        f"{(time.perf_counter() - t0) / 60:.1f} min)",
+        keep_postprocessing=True,  # the same model, fine-tuned: its tuned clean-up still applies
+        extra_metadata={"finetune": {
+            "source": str(root), "tomograms": [str(t) for t in tomograms],
+            "painted": [str(p) for p in painted], "held_back_f1_before": baseline,
+            "held_back_f1_after": best["f1"], "best_epoch": best["epoch"], "minutes": minutes}},
+    )  # fmt: skip
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)

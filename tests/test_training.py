@@ -14,14 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Events
+from ignite.engine import Engine, Events
 from monai.bundle import ConfigWorkflow
+from monai.handlers import CheckpointSaver
 from monai.inferers import SimpleInferer, SliceInferer
 from monai.utils import set_determinism
 
 from cryoet_monai import IGNORE_LABEL, PaperUNet
 from cryoet_monai.engines import (
     AutocastInferer,
+    BestMetricCheckpoint,
     CheckpointResumeError,
     DatalistError,
     ResumeCheckpoint,
@@ -142,6 +144,37 @@ def trained(tmp_path_factory):
     return root, datalist, seen
 
 
+def test_training_run_folder_is_a_model_folder(tmp_path):
+    """``finalize`` writes configs/ into the run folder: ``segment --model RUN`` needs no config edits,
+    whatever the widths; the shipped model is untouched."""
+    import os
+    import subprocess
+    import sys
+
+    root = tmp_path / "bundle"
+    shutil.copytree(CONFIGS, root / "configs")
+    (root / "models").mkdir()
+    (root / "models" / "model.pt").write_bytes(SHIPPED_STANDIN)
+    datalist = _write_dataset(tmp_path / "data")
+    wf = _workflow(root, datalist, output_dir=str(tmp_path / "run"), **{"train#trainer#max_epochs": 1})
+    _run(wf)
+    wf.finalize()
+    run = tmp_path / "run"
+    config = json.loads((run / "configs" / "inference.json").read_text())
+    assert config["network_def"]["features"] == FEATURES and config["network_def"]["in_channels"] == 1
+    assert config["class_gains"] is None and config["min_component_size"] == 0  # tuned for other weights
+    assert (run / "configs" / "metadata.json").is_file() and (run / "models" / "model.pt").is_file()
+    assert (root / "models" / "model.pt").read_bytes() == SHIPPED_STANDIN
+    image, _ = _tiny_tomogram(7)
+    save_mrc(tmp_path / "t.mrc", image, voxel_size=10.0)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-m", "cryoet_monai", "segment", str(tmp_path / "t.mrc"), "-o",
+                           str(tmp_path / "out"), "--model", str(run), "--invert", "no", "--no-progress"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "out" / "t_seg.mrc").is_file()
+
+
 def test_loss_falls_and_checkpoints_are_written(trained):
     root, _, seen = trained
     losses = seen["loss"]
@@ -164,6 +197,8 @@ def test_loss_falls_and_checkpoints_are_written(trained):
     net.load_state_dict(state)
     ckpt = torch.load(last, map_location="cpu", weights_only=False)
     assert {"network", "optimizer", "lr_scheduler", "best_saver", "trainer"} <= set(ckpt)
+    # the best-model bookkeeping: one (score, file) pair, the best validation score
+    assert len(ckpt["best_saver"]["_saved"]) == 1 and 0.0 <= ckpt["best_saver"]["_saved"][0][0] <= 1.0
     assert ckpt["trainer"]["iteration"] == 20 and ckpt["trainer"]["epoch_length"] == 5
     assert ckpt["lr_scheduler"]["last_epoch"] == 4
     assert len(ckpt["optimizer"]["state"]) > 0  # Adam moments are saved
@@ -203,6 +238,84 @@ def test_resume_rejects_unreadable_checkpoint(tmp_path):
 
     with pytest.raises(CheckpointResumeError, match="checkpoint_last.pt"):
         handler.load(_Engine())
+
+
+def _evaluate(handler, net: torch.nn.Linear, scores: list[float]) -> None:
+    """Run an evaluator-like engine whose epoch ``k`` scores ``scores[k - 1]`` as its key metric; the
+    network's weight is set to the score and its bias to the epoch before the handler sees them."""
+    engine = Engine(lambda engine, batch: None)
+
+    @engine.on(Events.STARTED)
+    def _key_metric(engine):
+        engine.state.key_metric_name = "val_mean_fg_f1"
+
+    @engine.on(Events.EPOCH_COMPLETED)
+    def _score(engine):
+        score = scores[engine.state.epoch - 1]
+        engine.state.metrics["val_mean_fg_f1"] = score
+        with torch.no_grad():
+            net.weight.fill_(score)
+            net.bias.fill_(engine.state.epoch)
+
+    handler.attach(engine)
+    engine.run([0], max_epochs=len(scores))
+
+
+def _monai_saver(folder: Path, net: torch.nn.Module) -> CheckpointSaver:
+    """What train.json used before BestMetricCheckpoint."""
+    return CheckpointSaver(str(folder), {"model": net}, save_key_metric=True, key_metric_filename="model.pt")
+
+
+def _saved(folder: Path) -> tuple[float, float]:
+    state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+    assert set(state) == {"weight", "bias"}  # the plain state_dict of the one saved object
+    return float(state["weight"][0, 0]), float(state["bias"][0])
+
+
+def test_best_metric_checkpoint_keeps_the_best_like_checkpoint_saver(tmp_path):
+    """Same files as monai's CheckpointSaver(save_key_metric=True, key_metric_filename="model.pt"): only
+    model.pt, replaced only by a higher score (an equal one keeps the first)."""
+    scores = [0.2, 0.5, 0.4, 0.5, 0.3]
+    ours, monai_dir = tmp_path / "ours", tmp_path / "monai"
+    net = torch.nn.Linear(2, 2)
+    _evaluate(BestMetricCheckpoint(ours, {"model": net}), net, scores)
+    _evaluate(_monai_saver(monai_dir, net), net, scores)
+    assert sorted(p.name for p in ours.iterdir()) == ["model.pt"]
+    assert sorted(p.name for p in monai_dir.iterdir()) == ["model.pt"]
+    assert _saved(ours) == _saved(monai_dir) == (pytest.approx(0.5), 2.0)
+
+
+def test_best_metric_checkpoint_resumes_its_best_score(tmp_path):
+    net = torch.nn.Linear(2, 2)
+    first = BestMetricCheckpoint(tmp_path, {"model": net})
+    _evaluate(first, net, [0.2, 0.5, 0.4])
+    state = first.state_dict()
+    assert [p for p, _ in state["_saved"]] == [0.5]
+
+    # a resumed run replaces model.pt only with a better score than the best one before
+    resumed = BestMetricCheckpoint(tmp_path, {"model": net})
+    resumed.load_state_dict(state)
+    _evaluate(resumed, net, [0.3])
+    assert _saved(tmp_path) == (pytest.approx(0.5), 2.0)
+    _evaluate(resumed, net, [0.6])
+    assert _saved(tmp_path) == (pytest.approx(0.6), 1.0)
+    # while without the bookkeeping any first score would replace it
+    _evaluate(BestMetricCheckpoint(tmp_path, {"model": net}), net, [0.1])
+    assert _saved(tmp_path) == (pytest.approx(0.1), 1.0)
+
+    # the bookkeeping saved from monai's CheckpointSaver (a checkpoint_last.pt written before this
+    # handler existed) loads, and ours loads into a CheckpointSaver
+    legacy = BestMetricCheckpoint(tmp_path, {"model": net})
+    legacy.load_state_dict({"_saved": [(0.5, "model_key_metric=0.5000.pt")]})
+    assert legacy.state_dict()["_saved"] == [(0.5, "model_key_metric=0.5000.pt")]
+    _monai_saver(tmp_path, net).load_state_dict(resumed.state_dict())
+
+
+def test_resume_checkpoint_needs_state_dicts(tmp_path):
+    net = torch.nn.Linear(2, 2)
+    handler = ResumeCheckpoint(tmp_path, {"network": net, "best_saver": _monai_saver(tmp_path, net)})
+    with pytest.raises(TypeError, match="'best_saver'.*BestMetricCheckpoint"):
+        handler.save(Engine(lambda engine, batch: None))
 
 
 @pytest.mark.parametrize("overlays", [(), ("quick.json",)], ids=["weighted_ce", "dice_ce"])

@@ -71,6 +71,25 @@ def build_segmenter(config: str | os.PathLike | None = None, **overrides: Any) -
     return parser
 
 
+def resolve_model(model: str | os.PathLike | None) -> tuple[Path | None, dict[str, Any]]:
+    """``(config, overrides)`` for :func:`build_segmenter` from what a user names as the model (``--model``,
+    the napari widget's field, the copick command's option).
+
+    ``None``: the shipped bundle. A folder: a model folder or bundle, which describes itself (its own
+    ``configs/inference.json`` and ``models/model.pt``). An ``.json``/``.yaml`` file: that inference
+    config. ``<folder>/models/model.pt`` of a model folder: that folder's network with those weights.
+    Any other file: a ``state_dict`` for the shipped network (``model_path``)."""
+    if model is None or str(model).strip() in ("", "."):
+        return None, {}
+    path = Path(model).expanduser()
+    if path.is_dir() or path.suffix.lower() in (".json", ".yaml", ".yml"):
+        return path, {}
+    root = path.parent.parent
+    if path.parent.name == "models" and (root / "configs" / "inference.json").is_file():
+        return root, {"model_path": str(path)}
+    return None, {"model_path": str(path)}
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not (math.isfinite(value) and value > 0):
@@ -129,18 +148,19 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(sig, _stop_on_signal)
     overrides: dict[str, Any] = {"input": [str(p) for p in args.inputs], "output_dir": str(args.output_dir)}
     config = args.config
-    if args.model is not None and args.model.is_dir():
+    model_config, model_overrides = resolve_model(args.model)
+    if model_config is not None:
         # a model folder (fine-tuned or packaged) describes itself: its own configs and weights
         if config is not None:
             print("error: give either --config or a model folder as --model, not both", file=sys.stderr)
             return 2
-        config = args.model
-    elif args.model is not None:
-        overrides["model_path"] = str(args.model)
+        config = model_config
+    overrides.update(model_overrides)
     optional = {
         "device": args.device,
         "sw_batch_size": args.batch_size,
         "precision": args.precision,
+        "backend": args.backend,
         "roi_size": args.roi_size,
         "overlap": args.overlap,
         "slab_size": args.slab_size,
@@ -230,6 +250,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="voxel size in Å (one value or z y x), overriding the file headers",
     )
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="compute precision")
+    p.add_argument("--backend", choices=["torch", "onnxruntime", "openvino"],
+                   help="CPU runtime for the same weights (default: the config's; see docs/inference.md)")
     p.add_argument(
         "--roi-size",
         type=int,

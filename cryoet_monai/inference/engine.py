@@ -25,7 +25,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -37,8 +37,10 @@ import torch.nn.functional as F
 from monai.inferers import SliceInferer, SlidingWindowInferer
 
 from cryoet_monai import CLASS_NAMES
+from cryoet_monai.inference.backends import make_backend
 from cryoet_monai.inference.postprocess import remove_small_components
 from cryoet_monai.inference.predictor import WindowPredictor, fold_batch_norm, resolve_autocast_dtype
+from cryoet_monai.inference.sinks import ArrayLabelSink, LabelSink, label_sink
 from cryoet_monai.io.mrc import (
     MRC_SUFFIXES,
     MRCFormatError,
@@ -230,16 +232,23 @@ class TomogramSegmenter:
             ``resample_tolerance`` (relative) to the model's voxel size, and the predictions back.
         resample_tolerance: relative tolerance of the voxel-size check.
         min_component_size: drop connected components smaller than this many voxels (an int for every
-            foreground class or one value per class); 0 disables the clean-up.
-        class_gains: one factor per class applied to the probabilities before the argmax (a prior
-            correction, chosen on synthetic validation data by ``scripts/tune_postprocessing.py``);
-            ``None`` = plain argmax. Written probabilities stay the network's.
+            foreground class, one value per class, or a mapping by class name, missing names 0); 0
+            disables the clean-up.
+        class_gains: one factor per class (or a mapping by class name, missing names 1) applied to the
+            probabilities before the argmax (a prior correction, chosen on synthetic validation data by
+            ``scripts/tune_postprocessing.py``); ``None`` = plain argmax. Written probabilities stay the
+            network's.
         normalizer: intensity normalisation (must match training); default ``RobustNormalizeIntensity()``.
         progress: show a progress bar with ETA.
         overwrite: replace existing outputs (else skip tomograms whose labels already exist).
         output_format: ``"mrc"`` (``<name>_seg.mrc``) or ``"zarr"`` (``<name>_seg.zarr``: an OME-Zarr
             store with the labels as NGFF ``labels/segmentation``, class names and colours, voxel size
             in Å; needs the zarr extra). Probabilities and uncertainty stay MRC files.
+        backend: ``"torch"`` (eager, autocast per ``precision``), ``"onnxruntime"`` or ``"openvino"``
+            (the same weights exported at start-up; CPU only; OpenVINO uses bf16 where the CPU has
+            it natively). See :mod:`cryoet_monai.inference.backends` and ``scripts/bench_backends.py``.
+        sink: where the labels go (a :class:`~cryoet_monai.inference.sinks.LabelSink`); given, it
+            replaces the one ``output_format`` names (configs: ``"label_sink"``).
         preview: also write ``<name>_preview.png`` (central xy/xz/yz slices, raw and with the labels)
             and ``<name>_summary.json`` (class fractions, mean uncertainty, polarity, voxel size, model,
             timings) next to the labels.
@@ -270,7 +279,7 @@ class TomogramSegmenter:
         voxel_size: float | Sequence[float] | None = None,
         resample: bool = True,
         resample_tolerance: float = 0.1,
-        min_component_size: int | Sequence[int] = 0,
+        min_component_size: int | Sequence[int] | Mapping[str, int] = 0,
         normalizer: RobustNormalizeIntensity | None = None,
         num_classes: int = len(CLASS_NAMES),
         progress: bool = True,
@@ -278,7 +287,9 @@ class TomogramSegmenter:
         invert: str | bool = "auto",
         preview: bool | str = False,
         output_format: str = "mrc",
-        class_gains: Sequence[float] | None = None,
+        class_gains: Sequence[float] | Mapping[str, float] | None = None,
+        sink: LabelSink | None = None,
+        backend: str = "torch",
     ) -> None:
         self.device = _default_device() if device in (None, "auto") else torch.device(device)
         if self.device.type == "cuda":
@@ -316,10 +327,19 @@ class TomogramSegmenter:
             fmt = torch.channels_last if self.spatial_dims == 2 else torch.channels_last_3d
             network = network.to(memory_format=fmt)
         self.network = network
-        model: Any = torch.compile(network) if compile else network
-        # keep size_divisible visible through the compile wrapper
-        model.size_divisible = int(getattr(network, "size_divisible", 16))
-        self.autocast_dtype = resolve_autocast_dtype(precision, self.device)
+        self.backend = backend
+        if backend != "torch":
+            if self.device.type != "cpu":
+                raise InferenceError(f"backend {backend!r} runs on the CPU; use 'torch' on {self.device}.")
+            # exported from the eval-mode, BN-folded network; autocast and memory format are the runtime's
+            model: Any = make_backend(backend, network.to(memory_format=torch.contiguous_format))
+            self.autocast_dtype = None
+            channels_last = False
+        else:
+            model = torch.compile(network) if compile else network
+            # keep size_divisible visible through the compile wrapper
+            model.size_divisible = int(getattr(network, "size_divisible", 16))
+            self.autocast_dtype = resolve_autocast_dtype(precision, self.device)
         self.predictor = WindowPredictor(model, self.device, self.autocast_dtype, channels_last, n_tta)
 
         roi = (roi_size,) if isinstance(roi_size, int) else tuple(int(r) for r in roi_size)
@@ -350,14 +370,24 @@ class TomogramSegmenter:
         self.voxel_size = None if voxel_size is None else self._as_zyx(voxel_size)
         self.resample = parse_bool(resample, "resample")
         self.resample_tolerance = float(resample_tolerance)
+        names = CLASS_NAMES[: int(num_classes)]
+        if isinstance(min_component_size, Mapping):  # by class name, as the configs give it
+            unknown = sorted(set(min_component_size) - set(names))
+            if unknown:
+                raise ValueError(f"min_component_size: unknown class {unknown} (known: {', '.join(names)}).")
+            min_component_size = [int(min_component_size.get(n, 0)) for n in names]
         self.min_component_size = min_component_size
         self.normalizer = normalizer if normalizer is not None else RobustNormalizeIntensity()
         self.num_classes = int(num_classes)
         self.progress = parse_bool(progress, "progress")
         self.preview = parse_bool(preview, "preview")
-        if output_format not in ("mrc", "zarr"):
-            raise ValueError(f"output_format must be 'mrc' or 'zarr', got {output_format!r}.")
-        self.output_format = output_format
+        self.sink = label_sink(output_format) if sink is None else sink
+        self.output_format = output_format if sink is None else self.sink.suffix.lstrip(".")
+        if isinstance(class_gains, Mapping):
+            unknown = sorted(set(class_gains) - set(names))
+            if unknown:
+                raise ValueError(f"class_gains: unknown class {unknown} (known: {', '.join(names)}).")
+            class_gains = [float(class_gains.get(n, 1.0)) for n in names]
         if class_gains is not None:
             gains = [float(g) for g in class_gains]
             if len(gains) != int(num_classes) or not all(math.isfinite(g) and g > 0 for g in gains):
@@ -601,7 +631,7 @@ class TomogramSegmenter:
     def output_paths(self, path: str | os.PathLike, output_dir: str | os.PathLike) -> dict[str, Path]:
         """``{"seg": ..., ["probs": ..., "uncertainty": ...]}`` for one input."""
         stem = Path(output_dir) / output_stem(path)
-        out = {"seg": Path(f"{stem}_seg.{'zarr' if self.output_format == 'zarr' else 'mrc'}")}
+        out = {"seg": self.sink.output_path(stem)}
         if self.save_probs:
             out["probs"] = Path(f"{stem}_probs.mrc")
         if self.save_uncertainty:
@@ -631,13 +661,41 @@ class TomogramSegmenter:
             volume, meta = read_tiff(path)
         else:
             volume, meta = read_mrc(path, mmap=True)
+        return self.segment_volume(volume, meta, path, output_dir, t0=t0)
+
+    def segment_array(
+        self, volume: np.ndarray, voxel_size: float | Sequence[float], name: str = "array",
+        origin: Sequence[float] = (0.0, 0.0, 0.0),
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Segment an in-memory ``(Z, Y, X)`` volume (a napari layer, a copick tomogram): returns the
+        ``(Z, Y, X)`` uint8 labels and the summary. ``name`` stands for the file in messages; the same
+        checks apply as to files. Probabilities, uncertainty and previews need files: use :meth:`segment`."""
+        if self.save_probs or self.save_uncertainty or self.preview:
+            raise InferenceError(f"{name}: save_probs, save_uncertainty and preview need file outputs.")
+        sink = ArrayLabelSink()
+        meta = {"voxel_size": self._as_zyx(voxel_size), "origin": tuple(float(v) for v in origin)}
+        result = self.segment_volume(volume, meta, Path(name), Path("."), sink=sink, overwrite=True)
+        return sink.read(result["seg"]), result
+
+    def segment_volume(
+        self, volume: Any, meta: dict[str, Any], path: Path, output_dir: str | os.PathLike,
+        sink: LabelSink | None = None, overwrite: bool | None = None, t0: float | None = None,
+    ) -> dict[str, Any]:
+        """Segment an opened ``(Z, Y, X)`` volume (array-like, read slab by slab) with the reader's
+        ``meta`` (``voxel_size``, ``origin``); ``path`` names it in messages and outputs. ``sink`` and
+        ``overwrite`` replace the segmenter's for this call. Returns the summary dict."""
+        t0 = time.perf_counter() if t0 is None else t0
+        sink = self.sink if sink is None else sink
+        overwrite = self.overwrite if overwrite is None else overwrite
         voxel_size = self.check_input(volume, meta, path)
         origin = tuple(float(v) for v in meta.get("origin", (0.0, 0.0, 0.0)))
         outputs = self.output_paths(path, output_dir)
-        if not self.overwrite and outputs["seg"].exists():
+        outputs["seg"] = sink.output_path(Path(output_dir) / output_stem(path))
+        if not overwrite and sink.exists(outputs["seg"]):
             logger.info("%s: %s exists, skipped", path, outputs["seg"])
             return {"input": str(path), "skipped": True, **{k: str(v) for k, v in outputs.items()}}
-        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        if not isinstance(sink, ArrayLabelSink):
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
         norm = self._normalizer_for(volume, path)
         release_pages(volume)  # the statistics' subsample touched every few planes
         scale = self.zoom_factors(voxel_size)
@@ -658,8 +716,8 @@ class TomogramSegmenter:
 
                 bar = tqdm(total=depth, unit="slice", desc=output_stem(path), leave=False, dynamic_ncols=True)
                 stack.callback(bar.close)
-            sink = self._label_sink(outputs["seg"], (depth, ny, nx), voxel_size, origin)
-            seg_mm = stack.enter_context(sink)
+            seg_mm = stack.enter_context(sink.create(outputs["seg"], (depth, ny, nx), voxel_size, origin,
+                                                     CLASS_NAMES[:c]))
             probs_mm = unc_mm = None
             if self.save_probs:
                 probs_mm = stack.enter_context(
@@ -733,38 +791,24 @@ class TomogramSegmenter:
             "mean_uncertainty": float(entropy[0]) / total,
         }
         if self.preview:
-            result.update(self._write_preview(volume, outputs, result))
+            result.update(self._write_preview(volume, sink.read(outputs["seg"]), outputs, result))
         return result
 
-    def _label_sink(self, path: Path, shape: tuple[int, int, int], voxel_size: tuple[float, float, float],
-                    origin: tuple[float, float, float]) -> Any:
-        """The context manager that streams the labels into their output file (MRC or OME-Zarr)."""
-        if self.output_format == "zarr":
-            from cryoet_monai.evaluation.figures import CLASS_COLORS
-            from cryoet_monai.io.omezarr import create_ome_zarr_labels
+    def read_labels(self, path: str | os.PathLike) -> Any:
+        """A label volume ``(Z, Y, X)`` this segmenter's sink wrote (``<name>_seg.mrc`` memory-mapped,
+        the ``labels/segmentation`` image of ``<name>_seg.zarr`` read lazily)."""
+        return self.sink.read(path)
 
-            return create_ome_zarr_labels(path, shape, voxel_size, origin, CLASS_NAMES[: self.num_classes],
-                                          CLASS_COLORS[: self.num_classes])
-        return create_mrc(path, shape, np.uint8, voxel_size, origin, fill=None)
-
-    @staticmethod
-    def read_labels(path: str | os.PathLike) -> Any:
-        """A written label volume ``(Z, Y, X)``: ``<name>_seg.mrc`` (memory-mapped) or the
-        ``labels/segmentation`` image of ``<name>_seg.zarr`` (read lazily)."""
-        path = Path(path)
-        if path.suffix == ".zarr":
-            return read_ome_zarr(path / "labels" / "segmentation")[0]
-        return read_mrc(path, mmap=True)[0]
-
-    def _write_preview(self, volume: np.ndarray, outputs: dict[str, Path], result: dict[str, Any]) -> dict:
+    def _write_preview(self, volume: np.ndarray, labels: Any, outputs: dict[str, Path],
+                       result: dict[str, Any]) -> dict:
         """The preview PNG and the JSON summary of a finished tomogram (see :mod:`.preview`)."""
         from cryoet_monai.inference.preview import write_preview, write_summary
 
-        labels = self.read_labels(outputs["seg"])
         write_preview(volume, labels, outputs["preview"], title=f"{Path(result['input']).name} -> "
                       f"{outputs['seg'].name}" + (" (contrast inverted)" if result["inverted"] else ""))
         write_summary({**result, "model": self.model_path, "model_voxel_size": self.model_voxel_size,
-                       "precision": str(self.autocast_dtype or "float32")}, outputs["summary"])
+                       "precision": str(self.autocast_dtype or "float32"), "backend": self.backend},
+                      outputs["summary"])
         return {"preview": str(outputs["preview"]), "summary": str(outputs["summary"])}
 
     def _write(

@@ -1,0 +1,83 @@
+"""Self-describing model folders: ``configs/inference.json``, ``configs/metadata.json``, ``models/model.pt``.
+
+A training run (``train.json``'s ``finalize``) and ``cryoet-monai finetune`` both leave one, so
+``cryoet-monai segment --model FOLDER`` needs no matching config edits, whatever the widths or the
+kind (2-D, 2.5-D, 3-D): the folder's ``inference.json`` is the bundle's, with the network definition
+of the weights it holds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["network_definition", "write_model_configs"]
+
+logger = logging.getLogger(__name__)
+
+
+def network_definition(network: Any) -> dict[str, Any]:
+    """The bundle-config definition (``{"_target_": ..., **arguments}``) a network was built from:
+    :class:`cryoet_monai.PaperUNet` records it as ``definition``. Raises ``TypeError`` otherwise."""
+    definition = getattr(network, "definition", None)
+    if not isinstance(definition, Mapping) or "_target_" not in definition:
+        raise TypeError(
+            f"{type(network).__name__} does not record its definition (a 'definition' dict with '_target_'); "
+            "give the network definition explicitly."
+        )
+    return json.loads(json.dumps(dict(definition)))  # plain JSON types: tuples become lists
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=4) + "\n")
+    os.replace(tmp, path)
+
+
+def write_model_configs(
+    folder: str | os.PathLike,
+    network: Any,
+    inference_config: str | os.PathLike,
+    metadata: Mapping[str, Any] | str | os.PathLike | None = None,
+    changelog: str | None = None,
+    keep_postprocessing: bool = False,
+    extra_metadata: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``folder/configs/inference.json`` and ``metadata.json`` describing the weights in
+    ``folder/models/model.pt``; returns the folder.
+
+    Args:
+        folder: the model folder (a training run's output folder, a fine-tuned model).
+        network: the trained network (its :func:`network_definition` replaces ``network_def``), or a
+            definition dict.
+        inference_config: the bundle's ``configs/inference.json`` the folder's one is made from.
+        metadata: the bundle metadata (dict or path); default: ``metadata.json`` beside ``inference_config``.
+        changelog: a line added to the metadata's changelog under its version.
+        keep_postprocessing: keep ``class_gains`` / ``min_component_size``: they were tuned for the
+            source weights, so a newly trained network gets plain argmax and no size filter unless
+            it is a fine-tuned copy of the same model.
+        extra_metadata: top-level metadata entries to add (e.g. ``"finetune"``).
+    """
+    folder = Path(folder)
+    (folder / "configs").mkdir(parents=True, exist_ok=True)
+    inference = json.loads(Path(inference_config).read_text())
+    inference["network_def"] = dict(network) if isinstance(network, Mapping) else network_definition(network)
+    if not keep_postprocessing:
+        inference["class_gains"], inference["min_component_size"] = None, 0
+    if metadata is None:
+        metadata = Path(inference_config).parent / "metadata.json"
+    if not isinstance(metadata, Mapping):
+        metadata = json.loads(Path(metadata).read_text()) if Path(metadata).is_file() else {}
+    meta = json.loads(json.dumps(dict(metadata)))
+    if changelog:
+        meta.setdefault("changelog", {})[meta.get("version", "0")] = changelog
+    meta.update(dict(extra_metadata or {}))
+    _write_json(folder / "configs" / "inference.json", inference)
+    _write_json(folder / "configs" / "metadata.json", meta)
+    logger.info("model folder %s: configs written (segment with: cryoet-monai segment TOMO --model %s)",
+                folder, folder)
+    return folder
