@@ -5,6 +5,9 @@ with the fixed class colours of the evaluation figures and the class names as fe
 ``<name>_probs.mrc`` (one image layer per class) and ``<name>_uncertainty.mrc`` (an image layer),
 with the voxel size as the layer scale. Plain functions returning napari layer-data tuples, so
 they work (and are tested) without napari installed.
+
+The widget ``Segment tomogram`` (:mod:`cryoet_monai.napari.widget`) segments an image layer with the
+shipped or a chosen model and adds the same kind of labels layer.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 
 from cryoet_monai import CLASS_NAMES
 
-__all__ = ["get_reader", "read_outputs"]
+__all__ = ["get_reader", "labels_layer_meta", "read_outputs"]
 
 LayerData = tuple[Any, dict[str, Any], str]
 
@@ -34,6 +37,29 @@ def _kind(path: Path) -> str | None:
     return None
 
 
+def labels_layer_meta(
+    name: str, scale: tuple[float, ...], translate: tuple[float, ...] | None = None
+) -> dict[str, Any]:
+    """Layer keywords of a labels layer of ours: the fixed class colours of the evaluation figures
+    (background transparent), the class names as features and in ``metadata``."""
+    from cryoet_monai.evaluation.figures import CLASS_COLORS
+
+    colors: dict[int | None, tuple[float, ...]] = {i: (*rgb, 1.0) for i, rgb in enumerate(CLASS_COLORS)}
+    colors[0] = (0.0, 0.0, 0.0, 0.0)
+    colors[None] = (0.5, 0.5, 0.5, 1.0)  # values outside the classes
+    # a {label: RGBA, None: default} dict is napari's direct label colormap
+    meta: dict[str, Any] = {
+        "name": name,
+        "scale": tuple(scale),
+        "colormap": colors,
+        "features": {"index": list(range(len(CLASS_NAMES))), "class": list(CLASS_NAMES)},
+        "metadata": {"class_names": list(CLASS_NAMES)},
+    }
+    if translate is not None:
+        meta["translate"] = tuple(translate)
+    return meta
+
+
 def get_reader(path: str | list[str]) -> Any:
     """npe2 reader hook: a reader function for our output files, else None (napari asks others)."""
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
@@ -44,7 +70,6 @@ def get_reader(path: str | list[str]) -> Any:
 
 def read_outputs(path: str | list[str]) -> list[LayerData]:
     """Layer-data tuples for ``<name>_seg``, ``_probs`` and ``_uncertainty`` files (MRC or OME-Zarr)."""
-    from cryoet_monai.evaluation.figures import CLASS_COLORS
     from cryoet_monai.io.mrc import read_mrc
 
     layers: list[LayerData] = []
@@ -58,25 +83,36 @@ def read_outputs(path: str | list[str]) -> list[LayerData]:
                 data, m = read_ome_zarr(p / "labels" / "segmentation")
             else:
                 data, m = read_mrc(p, mmap=True)
-            vs = m["voxel_size"]
-            colors = {i: (*rgb, 1.0) for i, rgb in enumerate(CLASS_COLORS)}
-            colors[0] = (0.0, 0.0, 0.0, 0.0)
-            colors[None] = (0.5, 0.5, 0.5, 1.0)  # values outside the classes
-            # a {label: RGBA, None: default} dict is napari's direct label colormap
-            meta = {"name": p.name, "scale": tuple(vs), "colormap": colors,
-                    "features": {"index": list(range(len(CLASS_NAMES))), "class": list(CLASS_NAMES)},
-                    "metadata": {"class_names": list(CLASS_NAMES)}}
-            layers.append((data, meta, "labels"))
+            layers.append((data, labels_layer_meta(p.name, tuple(m["voxel_size"])), "labels"))
         elif kind == "probs":
             data, m = read_mrc(p, mmap=True)
             for c, name in enumerate(CLASS_NAMES[: data.shape[0]]):
-                layers.append((data[c], {"name": f"{p.name}: {name}", "scale": tuple(m["voxel_size"]),
-                                         "colormap": "magma", "contrast_limits": (0.0, 1.0),
-                                         "visible": c != 0, "blending": "additive"}, "image"))
+                layers.append(
+                    (
+                        data[c],
+                        {
+                            "name": f"{p.name}: {name}",
+                            "scale": tuple(m["voxel_size"]),
+                            "colormap": "magma",
+                            "contrast_limits": (0.0, 1.0),
+                            "visible": c != 0,
+                            "blending": "additive",
+                        },
+                        "image",
+                    )
+                )
         elif kind == "uncertainty":
             data, m = read_mrc(p, mmap=True)
-            layers.append((data, {"name": p.name, "scale": tuple(m["voxel_size"]), "colormap": "inferno",
-                                  "contrast_limits": (0.0, 1.0)}, "image"))
+            layers.append(
+                (
+                    data,
+                    {
+                        "name": p.name,
+                        "scale": tuple(m["voxel_size"]),
+                        "colormap": "inferno",
+                        "contrast_limits": (0.0, 1.0),
+                    },
+                    "image",
+                )
+            )
     return layers
-
-
