@@ -357,7 +357,8 @@ def finetune(
         changelog=f"fine-tuned from {root} on {', '.join(str(t) for t in tomograms)}: held-back F1 "
         f"{baseline:.3f} -> {best['f1']:.3f} (epoch {best['epoch']}, "
         f"{(time.perf_counter() - t0) / 60:.1f} min)",
-        keep_postprocessing=True,  # the same model, fine-tuned: its tuned clean-up still applies
+        # the source's class gains and size limits were tuned to its calibration, which fine-tuning changes
+        keep_postprocessing=False,
         extra_metadata={"finetune": {
             "source": str(root), "tomograms": [str(t) for t in tomograms],
             "painted": [str(p) for p in painted], "held_back_f1_before": baseline,

@@ -54,7 +54,8 @@ def write_model_configs(
         folder: the model folder (a training run's output folder, a fine-tuned model).
         network: the trained network (its :func:`network_definition` replaces ``network_def``), or a
             definition dict.
-        inference_config: the bundle's ``configs/inference.json`` the folder's one is made from.
+        inference_config: the bundle's ``configs/inference.json`` the folder's one is made from (when
+            missing: the inference config of this checkout or installed package).
         metadata: the bundle metadata (dict or path); default: ``metadata.json`` beside ``inference_config``.
         changelog: a line added to the metadata's changelog under its version.
         keep_postprocessing: keep ``class_gains`` / ``min_component_size``: they were tuned for the
@@ -64,6 +65,10 @@ def write_model_configs(
     """
     folder = Path(folder)
     (folder / "configs").mkdir(parents=True, exist_ok=True)
+    if not Path(inference_config).is_file():  # e.g. a bundle_root without configs/: the package's own
+        from cryoet_monai.inference.cli import find_bundle_config
+
+        inference_config = find_bundle_config(None)[0]
     inference = json.loads(Path(inference_config).read_text())
     inference["network_def"] = dict(network) if isinstance(network, Mapping) else network_definition(network)
     if not keep_postprocessing:

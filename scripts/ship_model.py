@@ -39,9 +39,12 @@ def main() -> None:
         net = parser.get_parsed_content("network_def", instantiate=True, lazy=False)
         net.load_state_dict(weights)
         nets.append(net.eval())
+    from cryoet_monai.transforms.intensity import RobustNormalizeIntensity
+
     image, _ = generate_tomogram((16, 256, 256), 10.0, 3)
+    image = RobustNormalizeIntensity()(image)  # what the network sees at inference
     k = nets[0].in_channels
-    x = torch.as_tensor(image[: k])[None]  # one stack of k slices (or one slice for a 2-D network)
+    x = torch.as_tensor(image[4 : 4 + k])[None]  # one stack of k slices (or one slice for a 2-D network)
     with torch.no_grad():
         a, b = (net(x).argmax(1) for net in nets)
     print(f"wrote {args.to} ({args.to.stat().st_size / 2**20:.1f} MiB); float16 vs float32 weights: "

@@ -55,6 +55,9 @@ def tiny_bundle(tmp_path: Path, repo_root: Path) -> Path:
     config["network_def"]["features"] = FEATURES
     # the shipped model's tuned post-processing belongs to its weights, not to a random tiny network
     config["class_gains"], config["min_component_size"] = None, 0
+    # eager torch: an OpenVINO conversion per test process would only add start-up time (the backends
+    # have their own tests, tests/test_backends.py)
+    config["backend"] = "torch"
     (root / "configs" / "inference.json").write_text(json.dumps(config))
     shutil.copy(repo_root / "configs" / "metadata.json", root / "configs" / "metadata.json")
     torch.manual_seed(0)

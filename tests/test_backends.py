@@ -64,3 +64,13 @@ def test_backend_segments_like_torch_fp32(tmp_path: Path, backend: str) -> None:
 def test_unknown_backend_is_one_line() -> None:
     with pytest.raises(BackendError, match="backend must be one of torch, onnxruntime, openvino"):
         make_backend("tensorrt", _net())
+
+
+def test_auto_backend_is_openvino_on_cpu_when_installed() -> None:
+    import importlib.util
+
+    from cryoet_monai.inference.backends import default_backend
+
+    expected = "openvino" if importlib.util.find_spec("openvino") else "torch"
+    assert default_backend(torch.device("cpu")) == expected
+    assert default_backend(torch.device("cuda")) == "torch"  # the CPU runtimes never take a GPU

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from monai.inferers import SliceInferer, SlidingWindowInferer
 
 from cryoet_monai import CLASS_NAMES
-from cryoet_monai.inference.backends import make_backend
+from cryoet_monai.inference.backends import default_backend, make_backend
 from cryoet_monai.inference.postprocess import remove_small_components
 from cryoet_monai.inference.predictor import WindowPredictor, fold_batch_norm, resolve_autocast_dtype
 from cryoet_monai.inference.sinks import ArrayLabelSink, LabelSink, label_sink
@@ -244,7 +244,8 @@ class TomogramSegmenter:
         output_format: ``"mrc"`` (``<name>_seg.mrc``) or ``"zarr"`` (``<name>_seg.zarr``: an OME-Zarr
             store with the labels as NGFF ``labels/segmentation``, class names and colours, voxel size
             in Å; needs the zarr extra). Probabilities and uncertainty stay MRC files.
-        backend: ``"torch"`` (eager, autocast per ``precision``), ``"onnxruntime"`` or ``"openvino"``
+        backend: ``"torch"`` (eager, autocast per ``precision``), ``"onnxruntime"``, ``"openvino"`` or
+            ``"auto"`` (OpenVINO on the CPU when installed, else torch; the configs' default)
             (the same weights exported at start-up; CPU only; OpenVINO uses bf16 where the CPU has
             it natively). See :mod:`cryoet_monai.inference.backends` and ``scripts/bench_backends.py``.
         sink: where the labels go (a :class:`~cryoet_monai.inference.sinks.LabelSink`); given, it
@@ -327,7 +328,8 @@ class TomogramSegmenter:
             fmt = torch.channels_last if self.spatial_dims == 2 else torch.channels_last_3d
             network = network.to(memory_format=fmt)
         self.network = network
-        self.backend = backend
+        self.backend = default_backend(self.device) if backend == "auto" else backend
+        backend = self.backend
         if backend != "torch":
             if self.device.type != "cpu":
                 raise InferenceError(f"backend {backend!r} runs on the CPU; use 'torch' on {self.device}.")

@@ -1,0 +1,206 @@
+#!/usr/bin/env python
+"""Seconds per typical tomogram with the shipped model, per CPU backend, in one run on this machine.
+
+The input is a synthetic 184x630x630 float32 tomogram at 10 Å (the size of a binned Data Portal /
+CZII tomogram). Every row runs in its own process (``cryoet-monai segment`` for the pipeline rows,
+so "end to end" includes start-up, reading and writing) and reports wall seconds and peak RSS:
+
+* ours with each backend: torch eager (autocast per the precision rule), torch fp32, ONNX Runtime
+  (fp32), OpenVINO (its default precision: bf16 where the CPU has it natively);
+* baselines with the same weights: the seed paper's way (fp32 eager, one forward per slice, plain
+  argmax) and MONAI's stock ``SliceInferer`` (fp32, whole slices, default batch);
+* label agreement of each backend with torch fp32 (the reference), the fp32 and bf16 GEMM peaks of
+  this machine and the fraction of them the torch row reaches, and the CPU's features.
+
+Usage::
+
+    python scripts/bench_backends.py [--depth 184] [--size 630] [--skip openvino ...] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cpu_features() -> dict[str, object]:
+    """Model name and the SIMD / matrix features that decide CPU inference speed (Linux)."""
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    flags = set()
+    model = ""
+    for line in text.splitlines():
+        if line.startswith("flags") and not flags:
+            flags = set(line.split(":", 1)[1].split())
+        if line.startswith("model name") and not model:
+            model = line.split(":", 1)[1].strip()
+    wanted = ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"]
+    return {"model": model, "cores": os.cpu_count(), "features": [f for f in wanted if f in flags]}
+
+
+def _timed(cmd: list[str], env: dict[str, str] | None = None) -> dict:
+    """Run ``cmd``; its wall seconds and peak RSS in GiB (``wait4``: this child's own rusage)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=REPO, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd[:6])} ... failed:\n{err.read()[-3000:]}")
+        out.seek(0)
+        return {"seconds": seconds, "peak_rss_gib": usage.ru_maxrss / 2**20, "stdout": out.read()}
+
+
+_BASELINE = r'''
+import json, sys, time
+import numpy as np, torch
+from monai.inferers import SliceInferer
+from cryoet_monai.inference.cli import build_segmenter
+from cryoet_monai.io.mrc import read_mrc, save_mrc
+from cryoet_monai.transforms.intensity import RobustNormalizeIntensity
+from cryoet_monai.transforms.sampling import StackSlices
+
+mode, src, out = sys.argv[1], sys.argv[2], sys.argv[3]
+t0 = time.perf_counter()
+parser = build_segmenter(None)
+net = parser.get_parsed_content("network_def")
+net.load_state_dict({k: v.float() for k, v in torch.load(parser.get_parsed_content("model_path"),
+                                                         map_location="cpu").items()})
+net.eval()
+volume, meta = read_mrc(src)
+volume = np.asarray(volume, np.float32)
+norm = RobustNormalizeIntensity()
+x = torch.as_tensor(norm(volume, name=src))
+k = net.in_channels
+stacked = StackSlices(k)(x[None])  # (k, Z, Y, X): neighbouring slices as channels, edges replicated
+labels = np.zeros(volume.shape, np.uint8)
+pad = [(-s) % 16 for s in volume.shape[1:]]
+with torch.inference_mode():
+    if mode == "seed":  # one slice per forward, fp32, argmax
+        for z in range(volume.shape[0]):
+            s = torch.nn.functional.pad(stacked[:, z][None], (0, pad[1], 0, pad[0]))
+            labels[z] = net(s).argmax(1)[0, : volume.shape[1], : volume.shape[2]].numpy()
+    else:  # MONAI's stock SliceInferer over the stacked volume, whole slices
+        inferer = SliceInferer(roi_size=(volume.shape[1] + pad[0], volume.shape[2] + pad[1]), spatial_dim=0,
+                               sw_batch_size=1, progress=False, padding_mode="constant")
+        labels[:] = inferer(stacked[None], net).argmax(1)[0].numpy()
+save_mrc(out, labels, voxel_size=meta["voxel_size"])
+print(json.dumps({"seconds_inside": time.perf_counter() - t0}))
+'''
+
+
+def gemm_peaks(n: int = 2048, reps: int = 5) -> dict[str, float]:
+    """Best FLOP/s of an n x n matmul in fp32 and bf16 (this process, all cores)."""
+    import torch
+
+    out = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+        torch.mm(a, b)
+        best = 0.0
+        for _ in range(reps):
+            t = time.perf_counter()
+            torch.mm(a, b)
+            best = max(best, 2.0 * n**3 / (time.perf_counter() - t))
+        out[name] = best
+    return out
+
+
+def network_flops(depth: int, ny: int, nx: int) -> float:
+    """Forward FLOPs of the shipped network over ``depth`` whole slices (padded to 16)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cryoet_monai.inference.cli import build_segmenter
+
+    net = build_segmenter(None).get_parsed_content("network_def").to("meta")
+    py, px = ny + (-ny) % 16, nx + (-nx) % 16
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        net(torch.zeros(1, net.in_channels, py, px, device="meta"))
+    return float(counter.get_total_flops()) * depth
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--depth", type=int, default=184)
+    p.add_argument("--size", type=int, default=630)
+    p.add_argument("--voxel-size", type=float, default=10.0)
+    p.add_argument("--skip", nargs="*", default=[], help="rows to leave out (torch, fp32, onnxruntime, "
+                   "openvino, seed, slice_inferer)")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    args = p.parse_args()
+
+    from cryoet_monai.data.synthetic import generate_tomogram
+    from cryoet_monai.io.mrc import read_mrc, save_mrc
+
+    cpu = cpu_features()
+    print(f"CPU: {cpu['model']}, {cpu['cores']} cores, features: {' '.join(cpu['features'])}", flush=True)
+    tmp = Path(tempfile.mkdtemp(prefix="bench_backends_"))
+    src = tmp / "typical.mrc"
+    t = time.perf_counter()
+    image, _ = generate_tomogram((args.depth, args.size, args.size), args.voxel_size, 7)
+    save_mrc(src, image.astype(np.float32), voxel_size=args.voxel_size)
+    del image
+    shape = f"{args.depth}x{args.size}x{args.size}"
+    print(f"typical tomogram {shape} generated in {time.perf_counter() - t:.0f} s", flush=True)
+    env = dict(os.environ)
+    rows: dict[str, dict] = {}
+    cli = [sys.executable, "-m", "cryoet_monai", "segment", str(src), "--no-progress", "--invert", "no"]
+    pipeline = {"fp32": ["--backend", "torch", "--precision", "fp32"], "torch": ["--backend", "torch"],
+                "onnxruntime": ["--backend", "onnxruntime"], "openvino": ["--backend", "openvino"]}
+    for name, extra in pipeline.items():
+        if name in args.skip:
+            continue
+        out = tmp / name
+        rows[name] = _timed([*cli, "-o", str(out), *extra], env)
+        rows[name]["labels"] = out / "typical_seg.mrc"
+        print(f"{name}: {rows[name]['seconds']:.1f} s", flush=True)
+    for name in ("seed", "slice_inferer"):
+        if name in args.skip:
+            continue
+        out = tmp / f"{name}_seg.mrc"
+        rows[name] = _timed([sys.executable, "-c", _BASELINE, "seed" if name == "seed" else "slice", str(src),
+                             str(out)], env)
+        rows[name]["labels"] = out
+        print(f"{name}: {rows[name]['seconds']:.1f} s", flush=True)
+    reference = np.asarray(read_mrc(rows["fp32"]["labels"])[0]) if "fp32" in rows else None
+    peaks = gemm_peaks()
+    flops = network_flops(args.depth, args.size, args.size)
+    report = {"cpu": cpu, "shape": [args.depth, args.size, args.size], "gemm_peak_tflops":
+              {k: v / 1e12 for k, v in peaks.items()}, "network_tflop": flops / 1e12, "rows": {}}
+    print(f"\nGEMM peak: fp32 {peaks['fp32'] / 1e12:.2f} TFLOP/s, bf16 {peaks['bf16'] / 1e12:.2f} TFLOP/s; "
+          f"network {flops / 1e12:.2f} TFLOP per tomogram\n")
+    print("| row | s per tomogram (end to end) | vs seed way | peak RSS GiB | labels = torch fp32 |")
+    print("|---|---|---|---|---|")
+    seed_s = rows.get("seed", {}).get("seconds")
+    for name, row in rows.items():
+        agree = None
+        if reference is not None:
+            labels = np.asarray(read_mrc(row["labels"])[0])
+            agree = float((labels == reference).mean())
+        speed = f"{seed_s / row['seconds']:.2f}x" if seed_s else "-"
+        print(f"| {name} | {row['seconds']:.1f} | {speed} | {row['peak_rss_gib']:.2f} | "
+              f"{'-' if agree is None else f'{100 * agree:.2f} %'} |")
+        report["rows"][name] = {"seconds": row["seconds"], "peak_rss_gib": row["peak_rss_gib"],
+                                "agreement_with_fp32": agree}
+    if "torch" in rows:
+        rate = flops / rows["torch"]["seconds"]
+        print(f"\ntorch row: {rate / 1e12:.2f} TFLOP/s end to end = {100 * rate / peaks['bf16']:.0f} % of "
+              f"the bf16 GEMM peak, {100 * rate / peaks['fp32']:.0f} % of the fp32 one")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
