@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from cryoet_monai.io.atomic import write_json_atomic
+
 __all__ = ["network_definition", "write_model_configs"]
 
 logger = logging.getLogger(__name__)
@@ -30,12 +32,6 @@ def network_definition(network: Any) -> dict[str, Any]:
             "give the network definition explicitly."
         )
     return json.loads(json.dumps(dict(definition)))  # plain JSON types: tuples become lists
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=4) + "\n")
-    os.replace(tmp, path)
 
 
 def write_model_configs(
@@ -81,8 +77,8 @@ def write_model_configs(
     if changelog:
         meta.setdefault("changelog", {})[meta.get("version", "0")] = changelog
     meta.update(dict(extra_metadata or {}))
-    _write_json(folder / "configs" / "inference.json", inference)
-    _write_json(folder / "configs" / "metadata.json", meta)
+    write_json_atomic(folder / "configs" / "inference.json", inference, indent=4)
+    write_json_atomic(folder / "configs" / "metadata.json", meta, indent=4)
     logger.info("model folder %s: configs written (segment with: cryoet-monai segment TOMO --model %s)",
                 folder, folder)
     return folder

@@ -33,6 +33,7 @@ from cryoet_monai.classes import CLASSES, GENERATOR_OBJECTS
 from cryoet_monai.data.imaging import ImagingParams, image_volume, visible_normals
 from cryoet_monai.data.phantom import Canvas, Ellipsoid, IceSlab, Sheet, random_rotation, smooth_path
 from cryoet_monai.data.tilt_series import TiltSeriesParams, reconstruct_tilt_series
+from cryoet_monai.io.atomic import write_json_atomic
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -621,12 +622,6 @@ def _split_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[in
     return n - n_val - n_test, n_val, n_test
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def write_synthetic_dataset(
     out_dir: str | os.PathLike,
     n: int,
@@ -754,6 +749,6 @@ def write_synthetic_dataset(
         "validation": pairs[n_train:n_train + n_val],
         "test": pairs[n_train + n_val:],
     }
-    _write_json(record_path, {"params": params, "tomograms": tomograms})
-    _write_json(datalist_path, datalist)
+    write_json_atomic(record_path, {"params": params, "tomograms": tomograms})
+    write_json_atomic(datalist_path, datalist)
     return datalist_path
