@@ -105,7 +105,7 @@ def test_bundle_run_subprocess(tmp_path: Path, repo_root: Path) -> None:
         "--input", str(src.parent), "--output_dir", str(out), "--model_path", str(model),
         "--network_def#features", json.dumps(FEATURES), "--progress", "false", "--save_probs", "true",
         # random weights: the shipped model's tuned post-processing does not belong to them
-        "--class_gains", "null", "--min_component_size", "0",
+        "--class_gains", "{}", "--min_component_size", "0",
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root, env=_env(repo_root))
     assert proc.returncode == 0, proc.stderr[-3000:]
