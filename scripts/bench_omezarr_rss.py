@@ -42,7 +42,7 @@ def main() -> None:
 
     import dask.array as da
     import zarr
-    from ome_zarr.writer import write_image
+    from ome_zarr.writer import write_multiscale
 
     from cryoet_monai import PaperUNet
     from cryoet_monai.data.synthetic import generate_tomogram
@@ -62,9 +62,10 @@ def main() -> None:
     src_zarr = tmp / "tomo.zarr"
     root = zarr.open_group(str(src_zarr), mode="w")
     axes = [{"name": n, "type": "space", "unit": "angstrom"} for n in "zyx"]
-    write_image(da.from_array(volume, chunks=(16, 512, 512)), root, axes=axes, scaler=None,
-                coordinate_transformations=[[{"type": "scale", "scale": [10.0, 10.0, 10.0]}]],
-                storage_options={"chunks": (16, 512, 512)})
+    # one level at 10 Å (write_image would add a pyramid, and the segmenter reads the level nearest 10 Å)
+    write_multiscale([da.from_array(volume, chunks=(16, 512, 512))], root, axes=axes,
+                     coordinate_transformations=[[{"type": "scale", "scale": [10.0, 10.0, 10.0]}]],
+                     storage_options={"chunks": (16, 512, 512)})
     del volume
 
     model = tmp / "narrow_model"
@@ -81,6 +82,14 @@ def main() -> None:
         "OME-Zarr in -> OME-Zarr out": _run([*base, str(src_zarr), "-o", str(tmp / "out_zarr"),
                                              "--format", "zarr"]),
     }
+    from cryoet_monai.io.omezarr import read_ome_zarr
+
+    labels_zarr = read_ome_zarr(tmp / "out_zarr" / "tomo_seg.zarr" / "labels" / "segmentation")[0]
+    labels_mrc = read_mrc(tmp / "out_mrc" / "tomo_seg.mrc")[0]
+    assert labels_zarr.shape == labels_mrc.shape == shape, (labels_zarr.shape, labels_mrc.shape)
+    same = float(np.mean([np.mean(np.asarray(labels_zarr[z]) == np.asarray(labels_mrc[z]))
+                          for z in range(0, shape[0], 8)]))
+    print(f"labels equal on {100 * same:.2f} % of the voxels of every 8th slice")
     print(f"{'x'.join(map(str, shape))} float32 ({np.prod(shape) * 4 / 2**30:.2f} GiB), narrow U-Net 8..128")
     print("| path | seconds | peak RSS GiB |\n|---|---|---|")
     for name, (seconds, rss) in rows.items():
