@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["CLASSES", "GENERATOR_OBJECTS", "ClassInfo", "ClassRegistry"]
+__all__ = ["CLASSES", "GENERATOR_OBJECTS", "ClassInfo", "ClassRegistry", "by_class_name"]
 
 #: object kinds the synthetic generator draws (:mod:`cryoet_monai.data.synthetic`); a kind no class
 #: claims is painted as background
@@ -21,6 +21,16 @@ GENERATOR_OBJECTS: tuple[str, ...] = (
     "microtubule", "ribosome", "mitochondrion", "cristae", "nuclear_envelope", "vesicle", "er_cisterna",
     "membrane_sheet", "carbon", "actin", "distractor", "gold",
 )  # fmt: skip
+
+
+def by_class_name(values: Mapping[str, float], names: Sequence[str], default: float,
+                  what: str = "value") -> list[float]:
+    """One number per name of ``names`` from a mapping by class name (missing names: ``default``);
+    names not in ``names`` raise ``ValueError`` naming ``what``."""
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ValueError(f"{what}: unknown class {unknown} (known: {', '.join(names)})")
+    return [float(values.get(n, default)) for n in names]
 
 
 @dataclass(frozen=True)
@@ -116,10 +126,7 @@ class ClassRegistry(Sequence[ClassInfo]):
         if values is None:
             return None
         if isinstance(values, Mapping):
-            unknown = sorted(set(values) - set(self.names))
-            if unknown:
-                raise ValueError(f"{what}: unknown class {unknown} (known: {', '.join(self.names)})")
-            return [float(values.get(n, default)) for n in self.names]
+            return by_class_name(values, self.names, default, what)
         out = [float(v) for v in values]
         if len(out) != len(self):
             raise ValueError(f"{what}: needs {len(self)} numbers (one per class), got {len(out)}")

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from monai.inferers import SliceInferer, SlidingWindowInferer
 
 from cryoet_monai import CLASS_NAMES
+from cryoet_monai.classes import by_class_name
 from cryoet_monai.inference.backends import default_backend, make_backend
 from cryoet_monai.inference.postprocess import remove_small_components
 from cryoet_monai.inference.predictor import WindowPredictor, fold_batch_norm, resolve_autocast_dtype
@@ -244,10 +245,10 @@ class TomogramSegmenter:
         output_format: ``"mrc"`` (``<name>_seg.mrc``) or ``"zarr"`` (``<name>_seg.zarr``: an OME-Zarr
             store with the labels as NGFF ``labels/segmentation``, class names and colours, voxel size
             in Å; needs the zarr extra). Probabilities and uncertainty stay MRC files.
-        backend: ``"torch"`` (eager, autocast per ``precision``), ``"onnxruntime"``, ``"openvino"`` or
-            ``"auto"`` (OpenVINO on the CPU when installed, else torch; the configs' default)
-            (the same weights exported at start-up; CPU only; OpenVINO uses bf16 where the CPU has
-            it natively). See :mod:`cryoet_monai.inference.backends` and ``scripts/bench_backends.py``.
+        backend: ``"torch"`` (eager, autocast per ``precision``), ``"onnxruntime"`` or ``"openvino"``
+            (the same weights exported at start-up, CPU only; OpenVINO uses bf16 where the CPU has it
+            natively), or ``"auto"``: OpenVINO on the CPU when installed, else torch (the configs'
+            default). See :mod:`cryoet_monai.inference.backends` and ``scripts/bench_backends.py``.
         sink: where the labels go (a :class:`~cryoet_monai.inference.sinks.LabelSink`); given, it
             replaces the one ``output_format`` names (configs: ``"label_sink"``).
         preview: also write ``<name>_preview.png`` (central xy/xz/yz slices, raw and with the labels)
@@ -374,10 +375,8 @@ class TomogramSegmenter:
         self.resample_tolerance = float(resample_tolerance)
         names = CLASS_NAMES[: int(num_classes)]
         if isinstance(min_component_size, Mapping):  # by class name, as the configs give it
-            unknown = sorted(set(min_component_size) - set(names))
-            if unknown:
-                raise ValueError(f"min_component_size: unknown class {unknown} (known: {', '.join(names)}).")
-            min_component_size = [int(min_component_size.get(n, 0)) for n in names]
+            sizes = by_class_name(min_component_size, names, 0, "min_component_size")
+            min_component_size = [int(v) for v in sizes]
         self.min_component_size = min_component_size
         self.normalizer = normalizer if normalizer is not None else RobustNormalizeIntensity()
         self.num_classes = int(num_classes)
@@ -386,10 +385,7 @@ class TomogramSegmenter:
         self.sink = label_sink(output_format) if sink is None else sink
         self.output_format = output_format if sink is None else self.sink.suffix.lstrip(".")
         if isinstance(class_gains, Mapping):
-            unknown = sorted(set(class_gains) - set(names))
-            if unknown:
-                raise ValueError(f"class_gains: unknown class {unknown} (known: {', '.join(names)}).")
-            class_gains = [float(class_gains.get(n, 1.0)) for n in names]
+            class_gains = by_class_name(class_gains, names, 1.0, "class_gains")
         if class_gains is not None:
             gains = [float(g) for g in class_gains]
             if len(gains) != int(num_classes) or not all(math.isfinite(g) and g > 0 for g in gains):
@@ -795,11 +791,6 @@ class TomogramSegmenter:
         if self.preview:
             result.update(self._write_preview(volume, sink.read(outputs["seg"]), outputs, result))
         return result
-
-    def read_labels(self, path: str | os.PathLike) -> Any:
-        """A label volume ``(Z, Y, X)`` this segmenter's sink wrote (``<name>_seg.mrc`` memory-mapped,
-        the ``labels/segmentation`` image of ``<name>_seg.zarr`` read lazily)."""
-        return self.sink.read(path)
 
     def _write_preview(self, volume: np.ndarray, labels: Any, outputs: dict[str, Path],
                        result: dict[str, Any]) -> dict:

@@ -101,14 +101,12 @@ def _import_copick() -> Any:
 def label_attributes(num_classes: int = len(CLASS_NAMES)) -> dict[str, Any]:
     """Zarr attributes naming our label values: NGFF ``image-label`` (colours and class names, as in our
     OME-Zarr outputs) and ``cryoet_monai`` (class names by value, package version)."""
+    from cryoet_monai.io.omezarr import image_label_metadata
+
     names = CLASS_NAMES[:num_classes]
     return {
-        "image-label": {
-            "version": "0.4",
-            "colors": [{"label-value": i, "rgba": [round(255 * c) for c in rgb] + [255]}
-                       for i, rgb in enumerate(CLASSES.colors[:num_classes]) if i],
-            "properties": [{"label-value": i, "class": name} for i, name in enumerate(names)],
-        },
+        # the same NGFF metadata as our OME-Zarr outputs (pure Python: works beside copick's zarr 2)
+        "image-label": {"version": "0.4", **image_label_metadata(names, CLASSES.colors[:num_classes])},
         "cryoet_monai": {"class_names": list(names), "version": __version__},
     }
 

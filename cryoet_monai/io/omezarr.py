@@ -28,7 +28,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["OmeZarrFormatError", "ZarrVolume", "create_ome_zarr_labels", "is_ome_zarr_path", "read_ome_zarr"]
+__all__ = [
+    "OmeZarrFormatError", "ZarrVolume", "create_ome_zarr_labels", "image_label_metadata", "is_ome_zarr_path",
+    "read_ome_zarr",
+]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +151,16 @@ def _scale_and_shift(transforms: list[dict[str, Any]], ndim: int) -> tuple[list[
     return scale, shift
 
 
+def image_label_metadata(class_names: tuple[str, ...], colors: tuple[tuple[float, float, float], ...]
+                         ) -> dict[str, Any]:
+    """NGFF ``image-label`` metadata: one RGBA colour per foreground value and one class name per value."""
+    return {
+        "colors": [{"label-value": i, "rgba": [int(round(255 * c)) for c in rgb] + [255]}
+                   for i, rgb in enumerate(colors) if i],
+        "properties": [{"label-value": i, "class": name} for i, name in enumerate(class_names)],
+    }
+
+
 @contextlib.contextmanager
 def create_ome_zarr_labels(
     path: str | os.PathLike,
@@ -182,11 +195,7 @@ def create_ome_zarr_labels(
         axes = [{"name": n, "type": "space", "unit": "angstrom"} for n in "zyx"]
         transform = [[{"type": "scale", "scale": [float(v) for v in voxel_size]},
                       {"type": "translation", "translation": [float(v) for v in origin]}]]
-        metadata = {
-            "colors": [{"label-value": i, "rgba": [int(round(255 * c)) for c in rgb] + [255]}
-                       for i, rgb in enumerate(colors) if i],
-            "properties": [{"label-value": i, "class": name} for i, name in enumerate(class_names)],
-        }
+        metadata = image_label_metadata(class_names, colors)
         with warnings.catch_warnings():  # coordinate_transformations: still the way to give a translation
             warnings.simplefilter("ignore", DeprecationWarning)
             write_multiscale_labels([da.from_array(labels, chunks=chunks)], root, "segmentation", axes=axes,
