@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Peak RSS: a 128x1024x1024 float32 tomogram as OME-Zarr in -> OME-Zarr labels out, against MRC -> MRC.
+"""Peak RSS: a 128x1024x1024 float32 tomogram, MRC or OME-Zarr in -> MRC or OME-Zarr labels out.
 
 Both runs are ``cryoet-monai segment`` in their own process (peak RSS from ``wait4``) with the same
 narrow network (widths 8..128, random weights in a temporary model folder: memory, not accuracy, is
@@ -79,6 +79,9 @@ def main() -> None:
             "--invert", "no"]
     rows = {
         "MRC in -> MRC out": _run([*base, str(src_mrc), "-o", str(tmp / "out_mrc")]),
+        "OME-Zarr in -> MRC out": _run([*base, str(src_zarr), "-o", str(tmp / "out_zarr_mrc")]),
+        "MRC in -> OME-Zarr out": _run([*base, str(src_mrc), "-o", str(tmp / "out_mrc_zarr"),
+                                        "--format", "zarr"]),
         "OME-Zarr in -> OME-Zarr out": _run([*base, str(src_zarr), "-o", str(tmp / "out_zarr"),
                                              "--format", "zarr"]),
     }
