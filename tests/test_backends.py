@@ -62,7 +62,7 @@ def test_backend_segments_like_torch_fp32(tmp_path: Path, backend: str) -> None:
 
 
 def test_unknown_backend_is_one_line() -> None:
-    with pytest.raises(BackendError, match="backend must be one of torch, onnxruntime, openvino"):
+    with pytest.raises(BackendError, match="must be one of torch, onnxruntime, openvino, openvino-int8"):
         make_backend("tensorrt", _net())
 
 
@@ -74,3 +74,60 @@ def test_auto_backend_is_openvino_on_cpu_when_installed() -> None:
     expected = "openvino" if importlib.util.find_spec("openvino") else "torch"
     assert default_backend(torch.device("cpu")) == expected
     assert default_backend(torch.device("cuda")) == "torch"  # the CPU runtimes never take a GPU
+
+
+def _int8_folder(tmp_path: Path) -> tuple[PaperUNet, Path]:
+    """A 2.5-D net with its weights file and an int8 model quantised from them (tiny calibration)."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    from cryoet_monai.inference.quantize import calibration_windows, quantize_openvino
+
+    net = _net()
+    model_path = tmp_path / "models" / "model.pt"
+    model_path.parent.mkdir()
+    torch.save(net.state_dict(), model_path)
+    windows = calibration_windows(SHIPPED_IN_CHANNELS, n_tomograms=1, windows_per_tomogram=4,
+                                  shape=(8, 48, 48))
+    quantize_openvino(net, windows, model_path)
+    return net, model_path
+
+
+def test_int8_model_runs_close_to_fp32_and_is_tied_to_its_weights(tmp_path: Path) -> None:
+    from cryoet_monai.inference.backends import default_backend
+    from cryoet_monai.inference.quantize import int8_paths, read_int8_record, weights_sha256
+
+    net, model_path = _int8_folder(tmp_path)
+    xml, record = int8_paths(model_path)
+    assert xml == tmp_path / "models" / "model_int8.xml" and xml.with_suffix(".bin").is_file()
+    assert read_int8_record(model_path)["weights_sha256"] == weights_sha256(model_path)
+    assert not list(xml.parent.glob(".*"))  # no temporaries left
+    wrapped = make_backend("openvino-int8", net, model_path=model_path)
+    x = torch.randn(2, SHIPPED_IN_CHANNELS, 48, 32)
+    with torch.inference_mode():
+        ref = net(x)
+    out = wrapped(x)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    # int8 weights and activations: close to the float logits, not equal
+    assert 0 < float((out - ref).abs().mean()) < 0.1 * float(ref.abs().mean())
+    assert default_backend(torch.device("cpu"), model_path) == "openvino-int8"
+    # other weights under the same name: the int8 model is refused, and auto falls back to the float path
+    torch.save(_net().half().state_dict(), model_path)
+    assert default_backend(torch.device("cpu"), model_path) == "openvino"
+    with pytest.raises(BackendError, match="made from other weights"):
+        make_backend("openvino-int8", net, model_path=model_path)
+    xml.unlink()
+    with pytest.raises(BackendError, match="model_int8.xml is missing"):
+        make_backend("openvino-int8", net, model_path=model_path)
+
+
+def test_segmenter_picks_the_int8_model_beside_the_weights(tmp_path: Path) -> None:
+    _, model_path = _int8_folder(tmp_path)
+    path = tmp_path / "t.mrc"
+    save_mrc(path, generate_tomogram((6, 40, 56), 10.0, 2, mode="fourier")[0], voxel_size=10.0)
+    kw = {"model_path": model_path, "model_voxel_size": 10.0, "progress": False, "invert": "no"}
+    seg = TomogramSegmenter(_net(), backend="auto", **kw)
+    assert seg.backend == "openvino-int8"
+    (out,) = seg(path, tmp_path / "out")
+    (ref,) = TomogramSegmenter(_net(), backend="torch", precision="fp32", **kw)(path, tmp_path / "ref")
+    labels, ref_labels = (np.asarray(read_mrc(r["seg"])[0]) for r in (out, ref))
+    assert labels.shape == ref_labels.shape and (labels == ref_labels).mean() > 0.8

@@ -8,6 +8,8 @@ streaming stay as they are. Batch and spatial sizes are dynamic: one export serv
 Both runtimes are optional (``pip install onnxruntime`` / ``openvino``); ``scripts/bench_backends.py``
 measures them against torch eager on the shipped weights (time and label agreement) on this machine.
 OpenVINO picks bf16 on CPUs with native bf16 (its ``INFERENCE_PRECISION_HINT``), fp32 elsewhere.
+``openvino-int8`` runs the int8 model that :mod:`cryoet_monai.inference.quantize` made once from the
+same weights (``models/model_int8.xml``, checked against the weights' hash).
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ import torch
 import torch.nn as nn
 
 __all__ = [
-    "BACKENDS", "BackendError", "OnnxRuntimeNetwork", "OpenVINONetwork", "default_backend", "make_backend",
+    "BACKENDS", "BackendError", "OnnxRuntimeNetwork", "OpenVINOInt8Network", "OpenVINONetwork",
+    "default_backend", "has_int8_model", "make_backend",
 ]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
 #: names accepted by ``backend=`` (configs, ``--backend``); "auto" = :func:`default_backend`
-BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "openvino-int8")
 
 
 class BackendError(RuntimeError):
@@ -115,19 +118,76 @@ class OpenVINONetwork:
         return torch.from_numpy(np.asarray(out, dtype=np.float32))
 
 
-def default_backend(device: torch.device) -> str:
-    """The fastest backend that keeps torch fp32's labels, as measured by ``scripts/bench_backends.py``:
-    OpenVINO on the CPU when it is installed (a typical tomogram 64.9 s vs 87.6 s for torch eager on
-    2 Zen 5 cores, labels 99.91 % equal to torch fp32), torch elsewhere."""
+class OpenVINOInt8Network:
+    """The int8 OpenVINO model of a weights file, compiled for the CPU; same contract as
+    :class:`OpenVINONetwork` (made by :func:`~cryoet_monai.inference.quantize.quantize_openvino`).
+
+    Args:
+        model_path: the float weights (``models/model.pt``); the int8 IR beside it must record their hash.
+        size_divisible: the network's down-sampling factor (windows are padded to it).
+        threads: inference threads (``None``: OpenVINO's default).
+    """
+
+    def __init__(self, model_path: str | Path, size_divisible: int = 16, threads: int | None = None) -> None:
+        from cryoet_monai.inference.quantize import int8_paths, read_int8_record, weights_sha256
+
+        try:
+            import openvino as ov
+        except ImportError as err:
+            raise BackendError("backend openvino-int8: openvino is not installed (pip install openvino)"
+                               ) from err
+        xml, _ = int8_paths(model_path)
+        record = read_int8_record(model_path)
+        if record is None or not xml.is_file():
+            raise BackendError(f"backend openvino-int8: {xml} is missing; make it with "
+                               f"python scripts/quantize_model.py --model {Path(model_path).parent.parent}")
+        if record.get("weights_sha256") != weights_sha256(model_path):
+            raise BackendError(f"backend openvino-int8: {xml} was made from other weights than {model_path}; "
+                               "quantise again (scripts/quantize_model.py)")
+        self.size_divisible = int(size_divisible)
+        config: dict[str, Any] = {"INFERENCE_NUM_THREADS": int(threads)} if threads else {}
+        self.compiled = ov.Core().compile_model(ov.Core().read_model(str(xml)), "CPU", config)
+        self.precision = "int8"
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.compiled(np.ascontiguousarray(x.float().cpu().numpy()))[0]
+        return torch.from_numpy(np.asarray(out, dtype=np.float32))
+
+
+def has_int8_model(model_path: str | Path | None) -> bool:
+    """Whether an int8 OpenVINO model made from exactly the weights ``model_path`` lies beside them."""
+    if model_path is None:
+        return False
+    from cryoet_monai.inference.quantize import int8_paths, read_int8_record, weights_sha256
+
+    record = read_int8_record(model_path)
+    return (record is not None and int8_paths(model_path)[0].is_file()
+            and record.get("weights_sha256") == weights_sha256(model_path))
+
+
+def default_backend(device: torch.device, model_path: str | Path | None = None) -> str:
+    """The fastest backend that keeps torch fp32's labels (>= 99.5 % of the voxels), as measured by
+    ``scripts/bench_backends.py``: on the CPU with OpenVINO installed, its int8 model when one made
+    from these weights lies beside them, else OpenVINO's float path (bf16 where native); torch
+    elsewhere. The figures are in docs/inference.md."""
     if device.type != "cpu":
         return "torch"
     import importlib.util
 
-    return "openvino" if importlib.util.find_spec("openvino") is not None else "torch"
+    if importlib.util.find_spec("openvino") is None:
+        return "torch"
+    return "openvino-int8" if has_int8_model(model_path) else "openvino"
 
 
-def make_backend(name: str, network: nn.Module, threads: int | None = None, precision: str = "auto") -> Any:
-    """``network`` itself for ``"torch"``, else the wrapped network of that backend (CPU only)."""
+def make_backend(
+    name: str,
+    network: nn.Module,
+    threads: int | None = None,
+    precision: str = "auto",
+    model_path: str | Path | None = None,
+) -> Any:
+    """``network`` itself for ``"torch"``, else the wrapped network of that backend (CPU only);
+    ``openvino-int8`` needs ``model_path``, the float weights its int8 model was made from."""
     if name not in BACKENDS or name == "auto":
         raise BackendError(f"backend must be one of {', '.join(BACKENDS[1:])}, got {name!r}")
     if name == "torch":
@@ -135,4 +195,8 @@ def make_backend(name: str, network: nn.Module, threads: int | None = None, prec
     threads = threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or None
     if name == "onnxruntime":
         return OnnxRuntimeNetwork(network, threads)
+    if name == "openvino-int8":
+        if model_path is None:
+            raise BackendError("backend openvino-int8 needs the model's weights file (model_path)")
+        return OpenVINOInt8Network(model_path, int(getattr(network, "size_divisible", 16)), threads)
     return OpenVINONetwork(network, precision, threads)

@@ -252,7 +252,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="voxel size in Å (one value or z y x), overriding the file headers",
     )
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="compute precision")
-    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "openvino"],
+    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "openvino", "openvino-int8"],
                    help="CPU runtime for the same weights (default: the config's; see docs/inference.md)")
     p.add_argument(
         "--roi-size",

@@ -247,8 +247,10 @@ class TomogramSegmenter:
             in Å; needs the zarr extra). Probabilities and uncertainty stay MRC files.
         backend: ``"torch"`` (eager, autocast per ``precision``), ``"onnxruntime"`` or ``"openvino"``
             (the same weights exported at start-up, CPU only; OpenVINO uses bf16 where the CPU has it
-            natively), or ``"auto"``: OpenVINO on the CPU when installed, else torch (the configs'
-            default). See :mod:`cryoet_monai.inference.backends` and ``scripts/bench_backends.py``.
+            natively), ``"openvino-int8"`` (the int8 model made once from these weights, beside them),
+            or ``"auto"``: on the CPU with OpenVINO installed its int8 model when there is one, else
+            OpenVINO, else torch (the configs' default). See :mod:`cryoet_monai.inference.backends`
+            and ``scripts/bench_backends.py``.
         sink: where the labels go (a :class:`~cryoet_monai.inference.sinks.LabelSink`); given, it
             replaces the one ``output_format`` names (configs: ``"label_sink"``).
         preview: also write ``<name>_preview.png`` (central xy/xz/yz slices, raw and with the labels)
@@ -329,13 +331,14 @@ class TomogramSegmenter:
             fmt = torch.channels_last if self.spatial_dims == 2 else torch.channels_last_3d
             network = network.to(memory_format=fmt)
         self.network = network
-        self.backend = default_backend(self.device) if backend == "auto" else backend
+        self.backend = default_backend(self.device, model_path) if backend == "auto" else backend
         backend = self.backend
         if backend != "torch":
             if self.device.type != "cpu":
                 raise InferenceError(f"backend {backend!r} runs on the CPU; use 'torch' on {self.device}.")
             # exported from the eval-mode, BN-folded network; autocast and memory format are the runtime's
-            model: Any = make_backend(backend, network.to(memory_format=torch.contiguous_format))
+            model: Any = make_backend(backend, network.to(memory_format=torch.contiguous_format),
+                                      model_path=model_path)
             self.autocast_dtype = None
             channels_last = False
         else:
