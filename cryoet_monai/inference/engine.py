@@ -323,6 +323,9 @@ class TomogramSegmenter:
         if inferer is None:
             inferer = default_inferer(network, roi_size=roi_size, overlap=overlap,
                                       sw_batch_size=sw_batch_size, batch_pixels=batch_pixels, mode=blend_mode)
+        # before loading weights and exporting to a backend: a wrong inferer fails at once
+        inferer.check(self.spatial_dims, self.context, int(getattr(network, "size_divisible", 16)))
+        self.inferer = inferer
         if model_path is not None:
             self.load_weights(network, Path(model_path))
         network = network.eval()
@@ -349,8 +352,6 @@ class TomogramSegmenter:
             self.autocast_dtype = resolve_autocast_dtype(precision, self.device)
         self.predictor = WindowPredictor(model, self.device, self.autocast_dtype, channels_last, n_tta)
 
-        inferer.check(self.spatial_dims, self.context, self.predictor.size_divisible)
-        self.inferer = inferer
         self.slab_size = max(1, int(slab_size))
         self.save_probs = parse_bool(save_probs, "save_probs")
         self.save_uncertainty = parse_bool(save_uncertainty, "save_uncertainty")
