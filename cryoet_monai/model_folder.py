@@ -3,7 +3,7 @@
 A training run (``train.json``'s ``finalize``) and ``cryoet-monai finetune`` both leave one, so
 ``cryoet-monai segment --model FOLDER`` needs no matching config edits, whatever the widths or the
 kind (2-D, 2.5-D, 3-D): the folder's ``inference.json`` is the bundle's, with the network definition
-of the weights it holds.
+of the weights it holds and the inferer of its kind (:mod:`cryoet_monai.inference.inferers`).
 """
 
 from __future__ import annotations
@@ -11,15 +11,21 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from cryoet_monai.io.atomic import write_json_atomic
 
-__all__ = ["network_definition", "write_model_configs"]
+__all__ = ["inferer_config", "network_definition", "write_model_configs"]
 
 logger = logging.getLogger(__name__)
+
+# the config inferer of each kind of network (spatial dims); 2-D: k slices as channels, k = in_channels
+_SLICES = {"_target_": "cryoet_monai.inference.SliceStackInferer", "context": "@network_def#in_channels"}
+_WINDOWS = {"_target_": "cryoet_monai.inference.WindowInferer3D"}
+#: inference window of a 3-D model folder when neither the bundle nor the caller gives a 3-D one
+DEFAULT_ROI_3D = [32, 128, 128]
 
 
 def network_definition(network: Any) -> dict[str, Any]:
@@ -34,6 +40,34 @@ def network_definition(network: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dict(definition)))  # plain JSON types: tuples become lists
 
 
+def inferer_config(
+    inference: Mapping[str, Any], spatial_dims: int, roi_size: Sequence[int] | None = None
+) -> tuple[dict[str, Any], list[int] | int]:
+    """``(inferer, roi_size)`` entries of an inference config for a network of ``spatial_dims``: the
+    config's own inferer when it is of that kind, else ours of that kind with the same wired arguments
+    (``@roi_size``, ``@overlap``, ...); ``roi_size`` (default the config's) must have 1 or
+    ``spatial_dims`` entries, else whole slices (2-D) or :data:`DEFAULT_ROI_3D` (3-D) replace it."""
+    current = dict(inference.get("inferer") or {})
+    kind, other = (_WINDOWS, _SLICES) if spatial_dims == 3 else (_SLICES, _WINDOWS)
+    if current.get("_target_") == other["_target_"]:  # ours, for the other kind: switch, keep the wiring
+        current = {**kind, **{k: v for k, v in current.items() if k not in other}}
+    roi = inference.get("roi_size", -1) if roi_size is None else [int(r) for r in roi_size]
+    if isinstance(roi, Sequence) and len(roi) not in (1, spatial_dims):
+        fallback = [-1, -1] if spatial_dims == 2 else list(DEFAULT_ROI_3D)
+        logger.warning("roi_size %s does not fit a %d-D network; the model folder gets %s", roi, spatial_dims,
+                       fallback)
+        roi = fallback
+    return current, roi
+
+
+def _spatial_dims(network: Any) -> int:
+    if isinstance(network, Mapping):
+        return int(network.get("spatial_dims", 2))
+    from cryoet_monai.inference.inferers import network_kind
+
+    return network_kind(network)[0]
+
+
 def write_model_configs(
     folder: str | os.PathLike,
     network: Any,
@@ -42,6 +76,7 @@ def write_model_configs(
     changelog: str | None = None,
     keep_postprocessing: bool = False,
     extra_metadata: Mapping[str, Any] | None = None,
+    roi_size: Sequence[int] | None = None,
 ) -> Path:
     """Write ``folder/configs/inference.json`` and ``metadata.json`` describing the weights in
     ``folder/models/model.pt``; returns the folder.
@@ -58,6 +93,8 @@ def write_model_configs(
             source weights, so a newly trained network gets plain argmax and no size filter unless
             it is a fine-tuned copy of the same model.
         extra_metadata: top-level metadata entries to add (e.g. ``"finetune"``).
+        roi_size: the folder's inference window (e.g. a 3-D model's training patch); default: the
+            bundle's when it fits the network's kind (:func:`inferer_config`).
     """
     folder = Path(folder)
     (folder / "configs").mkdir(parents=True, exist_ok=True)
@@ -67,6 +104,7 @@ def write_model_configs(
         inference_config = find_bundle_config(None)[0]
     inference = json.loads(Path(inference_config).read_text())
     inference["network_def"] = dict(network) if isinstance(network, Mapping) else network_definition(network)
+    inference["inferer"], inference["roi_size"] = inferer_config(inference, _spatial_dims(network), roi_size)
     if not keep_postprocessing:
         inference["class_gains"], inference["min_component_size"] = None, 0
     if metadata is None:

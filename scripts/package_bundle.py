@@ -6,7 +6,8 @@
     python scripts/package_bundle.py --verify-only dist/bundle/cryoet_segmentation
 
 Prints one line per check and writes ``<output_dir>/verification.json``; exits 1 if any check failed.
-See cryoet_monai/bundle_tools.py for what is packaged and checked.
+See scripts/bundle_tools.py (development tooling, not installed with the package) for what is
+packaged and checked.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import logging
 import sys
 from pathlib import Path
 
-from cryoet_monai.bundle_tools import (
+from bundle_tools import (  # scripts/, this script's folder
     DEFAULT_BUNDLE_NAME,
     VERIFY_CHECKS,
     BundleError,

@@ -12,7 +12,8 @@ import pytest
 import torch
 import yaml
 
-from cryoet_monai.bundle_tools import (
+from cryoet_monai.networks import PaperUNet
+from scripts.bundle_tools import (
     VERIFY_CHECKS,
     BundleError,
     NetworkAccessError,
@@ -21,7 +22,6 @@ from cryoet_monai.bundle_tools import (
     package_bundle,
     verify_bundle,
 )
-from cryoet_monai.networks import PaperUNet
 
 SHIPPED_IN_CHANNELS = json.loads(
     (Path(__file__).resolve().parents[1] / "configs" / "inference.json").read_text()

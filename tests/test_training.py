@@ -156,6 +156,8 @@ def test_training_run_folder_is_a_model_folder(tmp_path):
     (root / "models").mkdir()
     (root / "models" / "model.pt").write_bytes(SHIPPED_STANDIN)
     datalist = _write_dataset(tmp_path / "data")
+    splits = json.loads(datalist.read_text())
+    datalist.write_text(json.dumps({**splits, "test": splits["validation"]}))  # training ignores "test"
     wf = _workflow(root, datalist, output_dir=str(tmp_path / "run"), **{"train#trainer#max_epochs": 1})
     _run(wf)
     wf.finalize()
@@ -164,6 +166,15 @@ def test_training_run_folder_is_a_model_folder(tmp_path):
     assert config["network_def"]["features"] == FEATURES and config["network_def"]["in_channels"] == 1
     assert config["class_gains"] is None and config["min_component_size"] == 0  # tuned for other weights
     assert (run / "configs" / "metadata.json").is_file() and (run / "models" / "model.pt").is_file()
+    # the run folder remembers its datalist: evaluate.json over the folder's inference.json scores its
+    # test split with its own network and weights
+    assert json.loads((run / "configs" / "metadata.json").read_text())["datalist"] == str(datalist.resolve())
+    from monai.bundle import run as bundle_run
+
+    configs = [str(run / "configs" / "inference.json"), str(CONFIGS / "evaluate.json")]
+    bundle_run("evaluate", config_file=configs, bundle_root=str(run), invert="no", backend="torch")
+    assert json.loads((run / "eval" / "metrics.json").read_text())["num_tomograms"] == 1
+    assert (run / "eval" / "predictions" / "t2_seg.mrc").is_file()
     assert (root / "models" / "model.pt").read_bytes() == SHIPPED_STANDIN
     image, _ = _tiny_tomogram(7)
     save_mrc(tmp_path / "t.mrc", image, voxel_size=10.0)

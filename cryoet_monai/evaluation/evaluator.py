@@ -2,10 +2,10 @@
 
 :class:`TomogramEvaluator` segments every test tomogram with the same
 :class:`cryoet_monai.inference.TomogramSegmenter` that ``cryoet-monai segment`` and
-``configs/inference.json`` use (slab-wise sliding-window inference over the whole tomogram; the
-``<name>_seg.mrc`` files are kept under ``<output_dir>/predictions``), then compares each written
-label volume with its ground truth, slab by slab from memory maps, and writes the report of
-:func:`cryoet_monai.evaluation.report.write_report`.
+``configs/inference.json`` use (``configs/evaluate.json`` overlays that config: slab-wise inference over
+the whole tomogram; the label files of the segmenter's sink are kept under ``<output_dir>/predictions``),
+then compares each written label volume, read back by the sink, with its ground truth, slab by slab,
+and writes the report of :func:`cryoet_monai.evaluation.report.write_report`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch
 from cryoet_monai import CLASS_NAMES, IGNORE_LABEL
 from cryoet_monai.evaluation.figures import pick_example_slices
 from cryoet_monai.evaluation.report import THIN_CLASSES, CaseResult, surface_dice, write_report
+from cryoet_monai.inference.engine import output_stem
 from cryoet_monai.io.mrc import read_mrc
 
 __all__ = ["EvaluationError", "TomogramEvaluator", "load_test_list", "confusion_of_volumes"]
@@ -85,14 +86,16 @@ class TomogramEvaluator:
     """Segment the test tomograms with the inference path and score them.
 
     Args:
-        segmenter: a :class:`cryoet_monai.inference.TomogramSegmenter` (network and weights loaded).
+        segmenter: a :class:`cryoet_monai.inference.TomogramSegmenter` (network and weights loaded); its
+            sink says which file it writes per tomogram and reads it back.
         output_dir: report folder; predictions go to ``<output_dir>/predictions``.
         split: datalist key of the labelled test tomograms.
         surface_dice_tolerances: tolerances (voxels) of the boundary score; empty disables it.
         thin_classes: classes that get the boundary score (microtubule, membranes).
         num_examples: tomograms (the first ones) that get an ``examples_<name>.png`` figure.
         example_slices: z-slices shown per example figure.
-        reuse_predictions: score an existing ``<name>_seg.mrc`` instead of segmenting again.
+        reuse_predictions: score an existing prediction (the sink's complete output) instead of segmenting
+            again.
         class_names: class names, index = label value.
         example_dpi: resolution of the example-slice figures.
 
@@ -124,9 +127,10 @@ class TomogramEvaluator:
         self.example_dpi = int(example_dpi)
 
     def _predict(self, image: Path) -> Path:
+        """The labels of ``image``: where the segmenter's sink wrote (or, reused, had written) them."""
         pred_dir = self.output_dir / "predictions"
         target = self.segmenter.output_paths(image, pred_dir)["seg"]
-        if self.reuse_predictions and target.is_file():
+        if self.reuse_predictions and self.segmenter.sink.exists(target):
             return target
         result = self.segmenter.segment(image, pred_dir)
         return Path(result["seg"])
@@ -134,7 +138,7 @@ class TomogramEvaluator:
     def evaluate_case(self, image: Path, label: Path, with_examples: bool = False) -> CaseResult:
         """Segment ``image`` and score the prediction against ``label``."""
         seg_path = self._predict(image)
-        pred, _ = read_mrc(seg_path)
+        pred = self.segmenter.sink.read(seg_path)
         truth, _ = read_mrc(label)
         if pred.shape != truth.shape:
             raise EvaluationError(
@@ -148,7 +152,7 @@ class TomogramEvaluator:
                 f"{label}: label values {bad} are neither classes 0..{len(self.class_names) - 1} "
                 f"nor {IGNORE_LABEL} (ignored)."
             )
-        name = Path(seg_path).name[: -len("_seg.mrc")]
+        name = output_stem(image)
         try:
             confusion = confusion_of_volumes(pred, truth, len(self.class_names))
         except ValueError as err:  # label values outside 0..C-1 and 255 somewhere in the volume

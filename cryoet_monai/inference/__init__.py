@@ -1,4 +1,5 @@
-"""Whole-tomogram inference: streaming z-slab sliding-window segmentation, TTA, uncertainty, clean-up.
+"""Whole-tomogram inference: streaming z-slab sliding-window segmentation (the inferer and the label sink
+are parts), TTA, uncertainty, clean-up.
 
 Names are imported lazily, so that the command line (``cryoet_monai.inference.cli``) answers
 ``--help`` without importing torch and MONAI.
@@ -20,6 +21,12 @@ _EXPORTS: dict[str, str] = {
     "MRCLabelSink": "cryoet_monai.inference.sinks",
     "OmeZarrLabelSink": "cryoet_monai.inference.sinks",
     "label_sink": "cryoet_monai.inference.sinks",
+    "SliceInferer2D": "cryoet_monai.inference.inferers",
+    "SliceStackInferer": "cryoet_monai.inference.inferers",
+    "TomogramInferer": "cryoet_monai.inference.inferers",
+    "WindowInferer3D": "cryoet_monai.inference.inferers",
+    "default_inferer": "cryoet_monai.inference.inferers",
+    "network_kind": "cryoet_monai.inference.inferers",
     "remove_small_components": "cryoet_monai.inference.postprocess",
     "WindowPredictor": "cryoet_monai.inference.predictor",
     "resolve_autocast_dtype": "cryoet_monai.inference.predictor",

@@ -6,10 +6,10 @@ For each tomogram it
 1. memory-maps the MRC file (:func:`cryoet_monai.io.mrc.read_mrc`) and computes the intensity
    normalisation statistics once, on a subsample of the whole volume;
 2. walks over z-slabs: reads and normalises one slab, optionally resamples it to the model's voxel
-   size, runs a MONAI inferer over it (``SliceInferer`` for 2-D models: every slice, windows of
-   ``roi_size`` or the whole slice, several per batch, Gaussian blending; ``SlidingWindowInferer`` for
-   3-D models, with a z-halo of half the window blended between neighbouring slabs), resamples the
-   class probabilities back to the input grid;
+   size, runs the segmenter's inferer over it (:mod:`cryoet_monai.inference.inferers`: MONAI's
+   ``SliceInferer`` over every slice for 2-D and 2.5-D models, ``SlidingWindowInferer`` for 3-D models;
+   the inferer says how many halo planes a slab needs and whether they are blended between neighbouring
+   slabs or only context), resamples the class probabilities back to the input grid;
 3. writes labels (and on request float16 probabilities and an entropy map) slab by slab into
    memory-mapped temporary files (:func:`cryoet_monai.io.mrc.create_mrc`) that are renamed into place
    only when the whole tomogram is done, so an interrupted run never leaves a partial output.
@@ -34,11 +34,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from monai.inferers import SliceInferer, SlidingWindowInferer
 
 from cryoet_monai import CLASS_NAMES
 from cryoet_monai.classes import by_class_name
 from cryoet_monai.inference.backends import default_backend, make_backend
+from cryoet_monai.inference.inferers import TomogramInferer, default_inferer, network_kind
 from cryoet_monai.inference.postprocess import remove_small_components
 from cryoet_monai.inference.predictor import WindowPredictor, fold_batch_norm, resolve_autocast_dtype
 from cryoet_monai.inference.sinks import ArrayLabelSink, LabelSink, label_sink
@@ -56,7 +56,6 @@ from cryoet_monai.io.omezarr import is_ome_zarr_path, read_ome_zarr
 from cryoet_monai.io.tiff import is_tiff_path, read_tiff
 from cryoet_monai.precision import parse_bool
 from cryoet_monai.transforms.intensity import NonFiniteIntensityError, RobustNormalizeIntensity
-from cryoet_monai.transforms.sampling import StackSlices
 
 __all__ = [
     "OUTPUT_SUFFIXES",
@@ -207,6 +206,10 @@ class TomogramSegmenter:
             2-D or 3-D is read from its ``spatial_dims`` attribute (else from its first convolution).
         model_path: checkpoint with the network's plain ``state_dict`` (``models/model.pt``); ``None``
             uses the network's weights as they are.
+        inferer: how a slab is predicted (a :class:`~cryoet_monai.inference.inferers.TomogramInferer`:
+            ``SliceInferer2D``, ``SliceStackInferer``, ``WindowInferer3D``; configs: ``"inferer"``); it
+            must fit the network's kind. ``None``: :func:`~cryoet_monai.inference.inferers.default_inferer`
+            for the network with the five arguments below, which are ignored when an inferer is given.
         roi_size: window size, ``(Y, X)`` for 2-D or ``(Z, Y, X)`` for 3-D models; non-positive entries
             mean the whole extent (``[-1, -1]`` = whole slices). Windows are padded to multiples of the
             network's ``size_divisible``, so any tomogram size works.
@@ -217,7 +220,8 @@ class TomogramSegmenter:
             CPU (the paper-size U-Net needs about 1 GiB of activations per 1024x1024 slice in bf16) and
             2**22 on GPU.
         blend_mode: ``"gaussian"`` or ``"constant"`` weighting of overlapping windows.
-        slab_size: z-slices per slab (the core; 3-D models add a halo of half the roi depth each side).
+        slab_size: z-slices per slab (the core; the inferer adds its halo each side: half the roi depth
+            for 3-D models, ``k // 2`` context slices for 2.5-D ones).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``None``/``"auto"`` (the GPU of this rank if any).
         precision: ``"auto"`` (bf16 on CPUs/GPUs with native support, else fp16 on GPU, fp32 on CPU),
             ``"fp32"``, ``"bf16"`` or ``"fp16"``.
@@ -294,6 +298,7 @@ class TomogramSegmenter:
         class_gains: Sequence[float] | Mapping[str, float] | None = None,
         sink: LabelSink | None = None,
         backend: str = "torch",
+        inferer: TomogramInferer | None = None,
     ) -> None:
         self.device = _default_device() if device in (None, "auto") else torch.device(device)
         if self.device.type == "cuda":
@@ -303,8 +308,6 @@ class TomogramSegmenter:
                 raise InferenceError(
                     f"device {device!r} requested but torch sees {torch.cuda.device_count()} CUDA device(s)."
                 )
-        if not 0.0 <= float(overlap) < 1.0:
-            raise ValueError(f"overlap must be in [0, 1), got {overlap!r}.")
         channels_last = parse_bool(channels_last, "channels_last")
         compile = parse_bool(compile, "compile")
         fold_bn = parse_bool(fold_bn, "fold_bn")
@@ -313,14 +316,18 @@ class TomogramSegmenter:
         n_tta = 8 if tta is True else (int(tta) if tta else 1)
         if not 1 <= n_tta <= 8:
             raise ValueError(f"tta must be a count of 1 to 8 flips/rotations, got {tta!r}.")
-        self.spatial_dims = self._spatial_dims(network)
         # a 2-D network with k > 1 input channels is a 2.5-D model: k neighbouring slices as channels
-        self.context = int(getattr(network, "in_channels", 1)) if self.spatial_dims == 2 else 1
+        self.spatial_dims, self.context = network_kind(network)
         if self.context % 2 == 0:
             raise InferenceError(
                 f"a 2.5-D network needs an odd number of slices as channels, got {self.context}."
             )
-        self.stack_slices = StackSlices(self.context)
+        if inferer is None:
+            inferer = default_inferer(network, roi_size=roi_size, overlap=overlap,
+                                      sw_batch_size=sw_batch_size, batch_pixels=batch_pixels, mode=blend_mode)
+        # before loading weights and exporting to a backend: a wrong inferer fails at once
+        inferer.check(self.spatial_dims, self.context, int(getattr(network, "size_divisible", 16)))
+        self.inferer = inferer
         if model_path is not None:
             self.load_weights(network, Path(model_path))
         network = network.eval()
@@ -348,27 +355,6 @@ class TomogramSegmenter:
             self.autocast_dtype = resolve_autocast_dtype(precision, self.device)
         self.predictor = WindowPredictor(model, self.device, self.autocast_dtype, channels_last, n_tta)
 
-        roi = (roi_size,) if isinstance(roi_size, int) else tuple(int(r) for r in roi_size)
-        if len(roi) == 1:  # one value: the same size along every axis
-            roi = roi * self.spatial_dims
-        if len(roi) != self.spatial_dims:
-            raise ValueError(
-                f"roi_size {roi} must have 1 or {self.spatial_dims} entries "
-                f"for a {self.spatial_dims}-D model."
-            )
-        if any(0 < r < model.size_divisible for r in roi):
-            # smaller windows are padded up to one down-sampling block: no context, empty output
-            raise ValueError(
-                f"roi_size {roi}: windows under {model.size_divisible} voxels are too small for this "
-                "network (-1 = whole slices)."
-            )
-        self.roi_size = roi
-        self.overlap = float(overlap)
-        self.sw_batch_size = None if sw_batch_size is None else max(1, int(sw_batch_size))
-        if batch_pixels is None:
-            batch_pixels = 2**22 if self.device.type == "cuda" else 2**20
-        self.batch_pixels = int(batch_pixels)
-        self.blend_mode = blend_mode
         self.slab_size = max(1, int(slab_size))
         self.save_probs = parse_bool(save_probs, "save_probs")
         self.save_uncertainty = parse_bool(save_uncertainty, "save_uncertainty")
@@ -407,16 +393,6 @@ class TomogramSegmenter:
                 raise ValueError(f"invert must be 'auto', 'yes' or 'no', got {invert!r}.") from err
 
     # ------------------------------------------------------------------ helpers
-    @staticmethod
-    def _spatial_dims(network: nn.Module) -> int:
-        dims = getattr(network, "spatial_dims", None)
-        if dims in (2, 3):
-            return int(dims)
-        for module in network.modules():
-            if isinstance(module, (nn.Conv2d, nn.Conv3d)):
-                return 2 if isinstance(module, nn.Conv2d) else 3
-        raise ValueError(f"cannot tell whether {type(network).__name__} is a 2-D or a 3-D network.")
-
     @staticmethod
     def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         if not path.is_file():
@@ -466,7 +442,7 @@ class TomogramSegmenter:
         if not self.resample or self.model_voxel_size is None:
             return (1.0, 1.0, 1.0)
         # a 2-D model never mixes slices; 2.5-D and 3-D models see neighbours at the model's spacing
-        axes = range(3) if self.spatial_dims == 3 or self.context > 1 else (1, 2)
+        axes = (1, 2) if self.inferer.planar else range(3)
         ratio = [1.0, 1.0, 1.0]
         for a in axes:
             ratio[a] = voxel_size[a] / self.model_voxel_size
@@ -474,35 +450,16 @@ class TomogramSegmenter:
             return (1.0, 1.0, 1.0)
         return tuple(ratio)  # type: ignore[return-value]
 
-    def _inferer(self, spatial: Sequence[int]) -> SlidingWindowInferer:
-        """Inferer for a (resampled) slab of ``spatial`` = (Z, Y, X)."""
-        if self.spatial_dims == 2:
-            roi = [r if r > 0 else s for r, s in zip(self.roi_size, spatial[1:])]
-            roi = [min(r, s) for r, s in zip(roi, spatial[1:])]  # never pad a small slice up to the roi
-        else:
-            roi = [min(r if r > 0 else s, s) for r, s in zip(self.roi_size, spatial)]
-        batch = self.sw_batch_size or max(1, self.batch_pixels // math.prod(roi))
-        common = dict(
-            roi_size=roi,
-            sw_batch_size=batch,
-            overlap=self.overlap,
-            mode=self.blend_mode,
-            sw_device=self.device,
-            device=torch.device("cpu"),
-        )
-        if self.spatial_dims == 2:
-            return SliceInferer(spatial_dim=0, **common)
-        return SlidingWindowInferer(**common)
+    @property
+    def roi_size(self) -> tuple[int, ...]:
+        """The inferer's window size (non-positive entries: the whole extent)."""
+        return self.inferer.roi_size
 
     @property
     def halo(self) -> int:
-        """z-halo (model-grid slices) each side of a slab: half the roi depth for 3-D models, the
-        neighbours a 2.5-D model sees (``k // 2``), 0 for 2-D."""
-        if self.spatial_dims == 2:
-            return self.context // 2
-        if self.roi_size[0] <= 0:
-            return 0
-        return (self.roi_size[0] + 1) // 2
+        """z-halo (model-grid slices) each side of a slab, the inferer's: half the roi depth for 3-D
+        models, the neighbours a 2.5-D model sees (``k // 2``), 0 for 2-D."""
+        return self.inferer.halo
 
     # ------------------------------------------------------------------ prediction
     @torch.inference_mode()
@@ -517,8 +474,9 @@ class TomogramSegmenter:
         Args:
             block: normalised intensities ``(Z, Y, X)``.
             scale: zoom factors to the model's grid (z, y, x); the probabilities come back on the input grid.
-            keep: ``(start, stop)`` planes of the block to return (default all). 2.5-D models read the
-                other planes only as context; without z-resampling they are not even predicted.
+            keep: ``(start, stop)`` planes of the block to return (default all). Slice-wise inferers (2-D,
+                2.5-D) read the other planes only as context; without z-resampling they are not even
+                predicted.
 
         Returns:
             float32 probabilities ``(C, Z', Y, X)`` on the CPU, ``Z'`` the planes kept.
@@ -529,11 +487,11 @@ class TomogramSegmenter:
             size = [max(1, round(n * s)) for n, s in zip(shape, scale)]
             mode = "area" if all(s <= 1.0 for s in scale) else "trilinear"
             x = F.interpolate(x, size=size, mode=mode, **({} if mode == "area" else {"align_corners": False}))
-        # 2.5-D: (1, 1, Z, Y, X) -> (1, k, Z, Y, X), each slice with its neighbours as channels
-        x = self.stack_slices(x)
-        if keep is not None and scale[0] == 1.0:
-            x, shape, keep = x[:, :, keep[0] : keep[1]], (keep[1] - keep[0], *shape[1:]), None
-        probs = self._inferer(x.shape[2:])(x, self.predictor)
+        if keep is not None and scale[0] == 1.0:  # the inferer predicts only the planes kept
+            probs = self.inferer(x, self.predictor, planes=keep)
+            shape, keep = (keep[1] - keep[0], *shape[1:]), None
+        else:
+            probs = self.inferer(x, self.predictor)
         if tuple(probs.shape[2:]) != shape:
             # linear interpolation keeps the probabilities summing to one
             probs = F.interpolate(probs, size=shape, mode="trilinear", align_corners=False)
@@ -617,7 +575,7 @@ class TomogramSegmenter:
         (docs/inference.md reports how often this is right on synthetic tomograms).
         """
         depth, ny, nx = volume.shape
-        half = max(1, self.context // 2 + 1, (self.roi_size[0] + 1) // 2 if self.spatial_dims == 3 else 1)
+        half = max(1, self.inferer.probe_halo)
         z0, z1 = max(0, depth // 2 - half), min(depth, depth // 2 + half + 1)
         cy, cx = ny // 2, nx // 2
         sy = slice(max(0, cy - size // 2), min(ny, cy + size // 2))
@@ -695,7 +653,7 @@ class TomogramSegmenter:
         if not overwrite and sink.exists(outputs["seg"]):
             logger.info("%s: %s exists, skipped", path, outputs["seg"])
             return {"input": str(path), "skipped": True, **{k: str(v) for k, v in outputs.items()}}
-        if not isinstance(sink, ArrayLabelSink):
+        if sink.writes_files or self.save_probs or self.save_uncertainty or self.preview:
             Path(output_dir).mkdir(parents=True, exist_ok=True)
         norm = self._normalizer_for(volume, path)
         release_pages(volume)  # the statistics' subsample touched every few planes
@@ -705,8 +663,7 @@ class TomogramSegmenter:
         depth, ny, nx = volume.shape
         c = self.num_classes
         halo = min(depth, math.ceil(self.halo / scale[0]))  # in input slices
-        # a 3-D roi spanning the whole depth: one slab
-        slab = depth if self.spatial_dims == 3 and self.roi_size[0] <= 0 else self.slab_size
+        slab = self.inferer.slab_depth(depth, self.slab_size)
         counts = np.zeros(c, dtype=np.int64)
         entropy = np.zeros(1, dtype=np.float64)  # running sum of the normalised entropy
 
@@ -740,8 +697,8 @@ class TomogramSegmenter:
             for i, (start, stop, lo, hi) in enumerate(ranges):
                 block = sign * norm(np.asarray(volume[lo:hi], dtype=np.float32), name=str(path))
                 release_pages(volume[lo:hi])
-                if self.context > 1:
-                    # 2.5-D: the halo is context only, every core plane sees all its neighbours
+                if self.inferer.slice_wise:
+                    # 2-D/2.5-D: the halo is context only, every core plane sees all its neighbours
                     probs = self.predict(block, scale, keep=(start - lo, stop - lo))
                     lo, hi = start, stop
                 else:

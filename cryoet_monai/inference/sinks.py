@@ -3,8 +3,9 @@
 A sink answers two questions, "which file will you write for this input?" (:meth:`LabelSink.output_path`)
 and "give me a writable ``(Z, Y, X)`` uint8 volume that appears under that name only when it is
 complete" (:meth:`LabelSink.create`, a context manager), and reads its own output back
-(:meth:`LabelSink.read`). The segmenter writes plane by plane into what ``create`` yields, so a sink
-decides the format and the memory it needs; configs choose one with ``"label_sink"``.
+(:meth:`LabelSink.read`); :attr:`LabelSink.writes_files` says whether it needs the output folder. The
+segmenter writes plane by plane into what ``create`` yields, so a sink decides the format and the memory
+it needs; configs choose one with ``"label_sink"``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ class LabelSink(ABC):
 
     #: file-name ending of the outputs, ``".mrc"`` or ``".zarr"``
     suffix: str = ""
+    #: whether it writes files under the output folder (the segmenter creates the folder only then)
+    writes_files: bool = True
 
     def output_path(self, stem: str | os.PathLike) -> Path:
         """The labels' path for an output stem (``out_dir / input name without suffix``)."""
@@ -98,6 +101,8 @@ class OmeZarrLabelSink(LabelSink):
 class ArrayLabelSink(LabelSink):
     """Keeps the labels in memory (napari layers, copick, tests): ``labels[str(path)]`` holds each
     finished volume; nothing is written to disk. Memory: one byte per voxel per tomogram kept."""
+
+    writes_files = False
 
     def __init__(self) -> None:
         self.labels: dict[str, np.ndarray] = {}

@@ -63,7 +63,8 @@ VERIFY_CHECKS: tuple[str, ...] = (
     "onnx",
     "inference",
 )
-_PACKAGE_DIR = Path(__file__).resolve().parent
+# development tooling, not part of the installed package: scripts/ sits in the checkout it packages
+_REPO_ROOT = Path(__file__).resolve().parents[1]
 _IGNORED_FILES = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
 
 
@@ -204,8 +205,8 @@ def build_bundle(
 
     Args:
         output_dir: where the bundle folder and zip are created.
-        repo_root: the project checkout holding ``configs/``, ``bundle/``, ``LICENSE`` (default: the
-            folder above this package).
+        repo_root: the project checkout holding ``configs/``, ``bundle/``, ``LICENSE`` and the
+            ``cryoet_monai`` package (default: the checkout this script is in).
         name: bundle folder name.
         weights: the ``network_def`` state_dict to ship as ``models/model.pt`` (default
             ``<repo_root>/models/model.pt``).
@@ -217,7 +218,7 @@ def build_bundle(
     Returns:
         ``(bundle_dir, zip_path or None)``.
     """
-    repo = Path(repo_root) if repo_root is not None else _PACKAGE_DIR.parent
+    repo = Path(repo_root) if repo_root is not None else _REPO_ROOT
     weights_path = Path(weights) if weights is not None else repo / "models" / "model.pt"
     configs = repo / "configs"
     required = [
@@ -259,7 +260,7 @@ def build_bundle(
         shutil.copy2(repo / "LICENSE", staging / "docs" / "license.txt")
         shutil.copy2(repo / "LICENSE", staging / "LICENSE")
         shutil.copy2(repo / "bundle" / "meta_schema.json", staging / "docs" / "meta_schema.json")
-        shutil.copytree(_PACKAGE_DIR, staging / "cryoet_monai", ignore=_IGNORED_FILES)
+        shutil.copytree(repo / "cryoet_monai", staging / "cryoet_monai", ignore=_IGNORED_FILES)
         _write_large_files_yml(
             staging / "large_files.yml",
             repo / "bundle" / "large_files.yml",

@@ -1,0 +1,140 @@
+"""Inferers as parts: one object per kind of network, chosen by the config (or by default from the network),
+and model folders that name the inferer of their network's kind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cryoet_monai import PaperUNet
+from cryoet_monai.data.synthetic import generate_tomogram
+from cryoet_monai.inference import (
+    SliceInferer2D,
+    SliceStackInferer,
+    TomogramSegmenter,
+    WindowInferer3D,
+    default_inferer,
+    network_kind,
+)
+from cryoet_monai.inference.cli import build_segmenter
+from cryoet_monai.io.mrc import read_mrc, save_mrc
+from cryoet_monai.model_folder import DEFAULT_ROI_3D, write_model_configs
+from tests.conftest import FEATURES, SHIPPED_IN_CHANNELS
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def _net(spatial_dims: int, in_channels: int = 1) -> PaperUNet:
+    torch.manual_seed(0)
+    return PaperUNet(spatial_dims, in_channels, 6, features=FEATURES, dropout=0.0)
+
+
+class ForcedClassInferer(SliceStackInferer):
+    """A custom inferer a config can name: every voxel certain of class ``label`` (the network unused)."""
+
+    def __init__(self, label: int = 3, num_classes: int = 6, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.label, self.num_classes = int(label), int(num_classes)
+
+    def __call__(self, inputs, network, planes=None):
+        z = inputs.shape[2] if planes is None else planes[1] - planes[0]
+        probs = torch.zeros(1, self.num_classes, z, *inputs.shape[3:])
+        probs[:, self.label] = 1.0
+        return probs
+
+
+def test_default_inferer_follows_the_network_kind() -> None:
+    two, stack, three = _net(2), _net(2, 5), _net(3)
+    assert network_kind(two) == (2, 1) and network_kind(stack) == (2, 5) and network_kind(three) == (3, 1)
+    assert type(default_inferer(two)) is SliceInferer2D and default_inferer(two).halo == 0
+    assert type(default_inferer(stack)) is SliceStackInferer and default_inferer(stack).halo == 2
+    window = default_inferer(three, roi_size=(8, 32, 32))
+    assert type(window) is WindowInferer3D and window.halo == 4 and not window.slice_wise
+    whole = default_inferer(three, roi_size=-1)
+    assert whole.halo == 0 and whole.slab_depth(40, 8) == 40  # a whole-depth window: one slab
+    # the window never exceeds the block; batch size from the voxel budget
+    assert window.window((6, 20, 64)) == (6, 20, 32)
+    assert SliceInferer2D(batch_pixels=4096).batch_size((32, 32), torch.device("cpu")) == 4
+    with pytest.raises(ValueError, match="must have 1 or 3 entries"):
+        WindowInferer3D(roi_size=(16, 16))
+    with pytest.raises(ValueError, match="odd number"):
+        SliceStackInferer(4)
+
+
+def test_given_inferer_must_fit_the_network_and_gives_the_same_labels() -> None:
+    with pytest.raises(ValueError, match="WindowInferer3D runs 3-D networks.*the network is 2-D"):
+        TomogramSegmenter(_net(2), inferer=WindowInferer3D(), progress=False)
+    with pytest.raises(ValueError, match="SliceStackInferer runs 2-D networks with 3 slice"):
+        TomogramSegmenter(_net(2, 5), inferer=SliceStackInferer(3), progress=False)
+    volume = generate_tomogram((6, 32, 48), 10.0, 3, mode="fourier")[0]
+    common = dict(progress=False, invert="no", precision="fp32", model_voxel_size=10.0)
+    default = TomogramSegmenter(_net(2, 5), roi_size=(32, 32), overlap=0.5, **common)
+    given = TomogramSegmenter(_net(2, 5), inferer=SliceStackInferer(5, roi_size=32, overlap=0.5), **common)
+    assert given.halo == default.halo == 2 and given.roi_size == (32, 32)
+    assert np.array_equal(default.segment_array(volume, 10.0)[0], given.segment_array(volume, 10.0)[0])
+
+
+def test_inference_config_runs_with_an_overridden_inferer(tmp_path: Path, tiny_bundle: Path, repo_root: Path):
+    """inference.json's ``inferer`` is a part: override its arguments on the command line, or replace it."""
+    src = tmp_path / "in" / "t1.mrc"
+    src.parent.mkdir()
+    volume = generate_tomogram((6, 32, 48), 10.0, 3, mode="fourier")[0]
+    save_mrc(src, volume, voxel_size=10.0)
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable, "-m", "monai.bundle", "run", "--config_file",
+        str(tiny_bundle / "configs" / "inference.json"), "--bundle_root", str(tiny_bundle),
+        "--input", str(src), "--output_dir", str(out), "--progress", "false", "--invert", "no",
+        "--inferer#mode", "constant", "--inferer#roi_size", "[16, 32]", "--inferer#overlap", "0.5",
+    ]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(repo_root))
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    labels = np.asarray(read_mrc(out / "t1_seg.mrc")[0])
+    # the same weights with that inferer given in Python
+    torch.manual_seed(0)
+    net = PaperUNet(2, SHIPPED_IN_CHANNELS, 6, features=FEATURES)
+    inferer = SliceStackInferer(SHIPPED_IN_CHANNELS, roi_size=(16, 32), overlap=0.5, mode="constant")
+    ref = TomogramSegmenter(net, model_path=tiny_bundle / "models" / "model.pt", inferer=inferer,
+                            model_voxel_size=10.0, progress=False, invert="no", slab_size=16)
+    assert np.array_equal(ref.segment_array(volume, 10.0)[0], labels)
+
+    # a custom inferer object in place of the config's
+    parser = build_segmenter(tiny_bundle, input=str(src), output_dir=str(tmp_path / "forced"), progress=False,
+                             invert="no")
+    parser["inferer"] = ForcedClassInferer(label=3, context=SHIPPED_IN_CHANNELS)
+    segmenter = parser.get_parsed_content("segmenter")
+    (result,) = segmenter(parser.get_parsed_content("input"), parser.get_parsed_content("output_dir"))
+    forced = np.asarray(read_mrc(result["seg"])[0])
+    assert forced.shape == volume.shape and (forced == 3).all()
+
+
+@pytest.mark.parametrize("spatial_dims, in_channels", [(2, 1), (2, 5), (3, 1)])
+def test_model_folders_name_the_inferer_of_their_kind(tmp_path: Path, repo_root: Path, spatial_dims: int,
+                                                      in_channels: int) -> None:
+    """2-D, 2.5-D and 3-D run folders get a consistent inference.json: the inferer of their kind."""
+    net = _net(spatial_dims, in_channels)
+    folder = tmp_path / "run"
+    (folder / "models").mkdir(parents=True)
+    torch.save(net.state_dict(), folder / "models" / "model.pt")
+    roi = [16, 32, 32] if spatial_dims == 3 else None
+    write_model_configs(folder, net, repo_root / "configs" / "inference.json", roi_size=roi)
+    config = json.loads((folder / "configs" / "inference.json").read_text())
+    expected = WindowInferer3D if spatial_dims == 3 else SliceStackInferer
+    assert config["inferer"]["_target_"].rsplit(".", 1)[1] == expected.__name__
+    assert config["roi_size"] == (roi or [-1, -1]) and config["inferer"]["roi_size"] == "@roi_size"
+    parser = build_segmenter(folder, progress=False, invert="no", backend="torch")
+    segmenter = parser.get_parsed_content("segmenter")
+    assert type(segmenter.inferer) is expected and segmenter.context == in_channels
+    labels, result = segmenter.segment_array(generate_tomogram((8, 32, 32), 10.0, 1)[0], 10.0)
+    assert labels.shape == (8, 32, 32) and result["shape"] == (8, 32, 32)
+    if spatial_dims == 3:  # no 3-D roi given: the folder still gets a 3-D window
+        write_model_configs(folder, net, repo_root / "configs" / "inference.json")
+        assert json.loads((folder / "configs" / "inference.json").read_text())["roi_size"] == DEFAULT_ROI_3D
