@@ -6,7 +6,8 @@ CZII tomogram). Every row runs in its own process (``cryoet-monai segment`` for 
 so "end to end" includes start-up, reading and writing) and reports wall seconds and peak RSS:
 
 * ours with each backend: torch eager (autocast per the precision rule), torch fp32, ONNX Runtime
-  (fp32), OpenVINO (its default precision: bf16 where the CPU has it natively);
+  (fp32), OpenVINO (its default precision: bf16 where the CPU has it natively), OpenVINO int8 (the
+  shipped ``models/model_int8.xml``, made by ``scripts/quantize_model.py``);
 * baselines with the same weights: the seed paper's way (fp32 eager, one forward per slice, plain
   argmax) and MONAI's stock ``SliceInferer`` (fp32, whole slices, default batch);
 * label agreement of each backend with torch fp32 (the reference), the fp32 and bf16 GEMM peaks of
@@ -137,7 +138,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=630)
     p.add_argument("--voxel-size", type=float, default=10.0)
     p.add_argument("--skip", nargs="*", default=[], help="rows to leave out (torch, fp32, onnxruntime, "
-                   "openvino, seed, slice_inferer)")
+                   "openvino, openvino-int8, seed, slice_inferer)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args()
 
@@ -158,7 +159,8 @@ def main() -> None:
     rows: dict[str, dict] = {}
     cli = [sys.executable, "-m", "cryoet_monai", "segment", str(src), "--no-progress", "--invert", "no"]
     pipeline = {"fp32": ["--backend", "torch", "--precision", "fp32"], "torch": ["--backend", "torch"],
-                "onnxruntime": ["--backend", "onnxruntime"], "openvino": ["--backend", "openvino"]}
+                "onnxruntime": ["--backend", "onnxruntime"], "openvino": ["--backend", "openvino"],
+                "openvino-int8": ["--backend", "openvino-int8"]}
     for name, extra in pipeline.items():
         if name in args.skip:
             continue
