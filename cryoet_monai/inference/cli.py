@@ -139,10 +139,8 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of ``cryoet-monai segment``; exit status 1 when any input failed."""
     from cryoet_monai.engines.errors import error_line, innermost_error
     from cryoet_monai.inference.engine import InferenceError
-    from cryoet_monai.io.heap import limit_heap_retention
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    limit_heap_retention()  # freed chunk/slab buffers leave RSS at once (cryoet_monai.io.heap)
     # SIGTERM (a batch scheduler), SIGINT (Ctrl-C) and SIGHUP (terminal closed) unwind the same way:
     # one line, temporary outputs removed, exit 128 + signal
     for sig in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGHUP", None)):

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from cryoet_monai.io.heap import limit_heap_retention
+
 __all__ = [
     "OmeZarrFormatError", "ZarrVolume", "create_ome_zarr_labels", "image_label_metadata", "is_ome_zarr_path",
     "read_ome_zarr",
@@ -91,6 +93,7 @@ def read_ome_zarr(
         ) from err
     if not path.is_dir():
         raise OmeZarrFormatError(f"{path}: no such OME-Zarr folder")
+    limit_heap_retention()  # zarr's freed chunk buffers would stay in RSS (cryoet_monai.io.heap)
     try:
         root = zarr.open_group(str(path), mode="r")
         attrs = root.attrs.asdict()
@@ -184,6 +187,7 @@ def create_ome_zarr_labels(
     from ome_zarr.writer import write_multiscale_labels
 
     path = Path(path)
+    limit_heap_retention()  # zarr's freed chunk buffers would stay in RSS (cryoet_monai.io.heap)
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     raw = path.parent / f".{path.name}.{tag}.tmp"
     store = path.parent / f".{path.name}.{tag}.zarr.tmp"
