@@ -1,7 +1,8 @@
 """Build hook: the shipped bundle (configs and weights) travels inside the package.
 
-Metadata and dependencies are in setup.cfg. ``build_py`` copies ``configs/*`` and
-``models/model.pt`` of this checkout into ``cryoet_monai/shipped/`` of the built wheel, so that an
+Metadata and dependencies are in setup.cfg. ``build_py`` copies ``configs/*``, ``models/model.pt``
+and its int8 OpenVINO model (``models/model_int8.*``) of this checkout into ``cryoet_monai/shipped/``
+of the built wheel, so that an
 installed ``cryoet-monai segment`` finds its model without a checkout (read with
 ``importlib.resources``). An editable install reads them from the checkout instead. Written by hand
 because setuptools' package_data only takes files below a package's own folder, and the bundle
@@ -15,7 +16,9 @@ from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 SHIPPED = [*sorted(p.relative_to(ROOT) for p in (ROOT / "configs").iterdir() if p.is_file()),
-           Path("models/model.pt"), Path("LICENSE")]
+           Path("models/model.pt"),
+           *sorted(p.relative_to(ROOT) for p in (ROOT / "models").glob("model_int8.*")),
+           Path("LICENSE")]
 
 
 class BuildPyWithBundle(build_py):

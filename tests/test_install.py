@@ -24,7 +24,8 @@ def test_wheel_installs_and_segments_from_an_empty_folder(tmp_path: Path, repo_r
     assert proc.returncode == 0, proc.stderr[-3000:]
     (wheel,) = wheels.glob("cryoet_monai-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for shipped in ("configs/inference.json", "configs/metadata.json", "models/model.pt"):
+    for shipped in ("configs/inference.json", "configs/metadata.json", "models/model.pt",
+                    "models/model_int8.xml", "models/model_int8.bin", "models/model_int8.json"):
         assert f"cryoet_monai/shipped/{shipped}" in names, shipped
     site = tmp_path / "site"
     install = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)]
