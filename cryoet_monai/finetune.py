@@ -147,6 +147,7 @@ def finetune(
     epoch_length: int = 25,
     patience: int = 6,
     max_epochs: int = 1000,
+    adapt_norms: bool = True,
     overwrite: bool = False,
     progress: bool = True,
     seed: int = 0,
@@ -162,6 +163,8 @@ def finetune(
         voxel_size: voxel size (Å) of every tomogram if its header is wrong or unset.
         invert: contrast polarity, as for ``segment`` (``"auto"`` asks the source model).
         patience: epochs (of ``epoch_length`` iterations) without a better validation F1 before stopping.
+        adapt_norms: first re-estimate the batch-norm statistics on the tomograms
+            (:func:`adapt_batch_norm`), kept when that alone scores better on the held-back voxels.
 
     Returns:
         the model folder. Nothing is written when a check fails (:class:`FinetuneError`).
@@ -341,10 +344,18 @@ def finetune(
     EarlyStopHandler(patience, lambda engine: float(engine.state.metrics["val_f1"]), trainer=trainer,
                      min_delta=1e-4).attach(evaluator)
     trainer.add_event_handler(Events.ITERATION_COMPLETED, TimeLimit(max(1, round(minutes * 60))))
-    # the baseline: the source model's F1 on the held-back voxels
+    # the baseline: the source model's F1 on the held-back voxels (_keep_best records it as epoch 0)
     evaluator.run()
-    best.update(f1=float(evaluator.state.metrics["val_f1"]), epoch=0)
     baseline = best["f1"]
+    if adapt_norms:
+        # the batch-norm statistics of the user's tomogram instead of the training set's; kept only if
+        # they score better on the held-back voxels than the source's
+        adapt_batch_norm(network.network, [it["image"] for it in items], context, seed=seed)
+        evaluator.run()
+        network.network.load_state_dict(best["state"])
+        logger.info("batch-norm statistics of the tomograms: held-back F1 %.3f -> %.3f (%s)", baseline,
+                    float(evaluator.state.metrics["val_f1"]),
+                    "kept" if best["f1"] > baseline else "the source's kept")
     trainer.run()
     # ---- the new model folder: written under a temporary name, renamed when complete
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
@@ -369,6 +380,60 @@ def finetune(
     os.replace(tmp, out)
     logger.info("fine-tuned model written to %s (held-back F1 %.3f -> %.3f)", out, baseline, best["f1"])
     return out
+
+
+def adapt_batch_norm(
+    network: torch.nn.Module,
+    images: Sequence[torch.Tensor],
+    context: int = 1,
+    windows: int = 64,
+    size: int = 256,
+    batch_size: int = 8,
+    seed: int = 0,
+) -> None:
+    """Re-estimate the running mean and variance of every batch norm of ``network`` from random windows
+    of ``images`` (AdaBN: Li et al., 2016), in place; the weights stay as trained.
+
+    A tomogram from another microscope or reconstruction shifts every layer's feature statistics;
+    the network's own statistics of the user's tomogram (all of it, painted or not) correct the part
+    of the domain gap that is a shift and scale of features, for the cost of a few forward passes.
+
+    Args:
+        network: a 2-D network taking ``context`` slices as channels, ``(B, context, Y, X)``.
+        images: normalised tomograms ``(1, Z, Y, X)``.
+        windows: number of ``(context, size, size)`` windows (fewer when the tomograms are small).
+    """
+    rng = np.random.default_rng(seed)
+    norms = [m for m in network.modules() if isinstance(m, FrozenBatchNorm._NORMS)]
+    if not norms:
+        return
+    crops = []
+    for i in range(windows):
+        image = images[i % len(images)][0]
+        z = int(rng.integers(0, max(1, image.shape[0] - context + 1)))
+        y = int(rng.integers(0, max(1, image.shape[1] - size + 1)))
+        x = int(rng.integers(0, max(1, image.shape[2] - size + 1)))
+        crop = image[z : z + context, y : y + size, x : x + size]
+        if crop.shape[0] == context:
+            crops.append(crop)
+    shapes = {tuple(c.shape) for c in crops}
+    if not crops or len(shapes) != 1:  # tomograms smaller than a window: keep the trained statistics
+        return
+    device = next(network.parameters()).device
+    modes = [(m, m.training) for m in network.modules()]  # restored exactly (frozen norms stay frozen)
+    momenta = [m.momentum for m in norms]
+    network.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over all batches
+        m.train()
+    with torch.no_grad():
+        for b in range(0, len(crops), batch_size):
+            network(torch.stack(crops[b : b + batch_size]).to(device))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    for m, mode in modes:
+        m.training = mode
 
 
 def _concat_samples(batch: list[Any]) -> dict[str, torch.Tensor]:

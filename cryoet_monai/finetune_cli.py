@@ -36,6 +36,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--minutes", type=float, default=8.0, help="time budget of the training (default 8)")
     p.add_argument("--voxel-size", type=float, help="voxel size in Å when the headers are wrong or unset")
     p.add_argument("--invert", choices=["auto", "yes", "no"], default="auto", help="contrast polarity")
+    p.add_argument("--no-adapt-norms", dest="adapt_norms", action="store_false",
+                   help="keep the source model's batch-norm statistics (default: re-estimate them on the "
+                        "tomograms first, kept when that scores better on the held-back slices)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--segment", action="store_true",
                    help="then segment the tomograms with the new model into OUTPUT_DIR/segmentations/")
@@ -50,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         folder = finetune(
             args.tomograms, args.labels, args.output_dir, model=args.model, minutes=args.minutes,
-            voxel_size=args.voxel_size, invert=args.invert, overwrite=args.overwrite,
+            voxel_size=args.voxel_size, invert=args.invert, adapt_norms=args.adapt_norms,
+            overwrite=args.overwrite,
         )
     except (FinetuneError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
