@@ -19,6 +19,7 @@ from typing import Any
 
 import torch.distributed as dist
 
+from cryoet_monai.io.atomic import write_json_atomic
 from cryoet_monai.io.mrc import is_mrc_path, mrc_stem
 
 __all__ = ["DatalistError", "prepare_datalist", "write_datalist", "synthetic_cache_dir"]
@@ -145,9 +146,7 @@ def write_datalist(
         "training": pairs[n_test + n_val :],
     }
     out = Path(output_file) if output_file is not None else root / "datalist.json"
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(content, indent=2))
-    os.replace(tmp, out)
+    write_json_atomic(out, content)
     logger.info(
         "wrote %s: %d training, %d validation, %d test tomograms", out, n - n_val - n_test, n_val, n_test
     )

@@ -16,6 +16,7 @@ from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointSaver
 from monai.utils import is_scalar
 
+from cryoet_monai.io.atomic import atomic_path
 from cryoet_monai.precision import parse_bool
 
 __all__ = ["BestMetricCheckpoint", "CheckpointResumeError", "ClassMetricsHandler", "ResumeCheckpoint"]
@@ -131,7 +132,7 @@ class ResumeCheckpoint:
     At the end of every ``save_interval``-th epoch (after the validation and LR-schedule handlers,
     so attach this one last) ``save_dict`` -- typically network, optimizer, lr scheduler and the
     :class:`BestMetricCheckpoint` -- plus the engine it is attached to (as ``"trainer"``) is
-    written to ``<save_dir>/<filename>`` atomically (temporary file + ``os.replace``; only rank 0
+    written to ``<save_dir>/<filename>`` atomically (:func:`cryoet_monai.io.atomic.atomic_path`; only rank 0
     writes under ``torch.distributed``). When the trainer starts and that file exists, everything
     is restored, so the epoch/iteration counters, optimizer moments and learning-rate schedule
     continue where the interrupted run stopped; a finished run started again does nothing. The
@@ -201,9 +202,8 @@ class ResumeCheckpoint:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: _state_of(k, v) for k, v in self.save_dict.items()}
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.path)
+        with atomic_path(self.path) as tmp:
+            torch.save(state, tmp)
 
 
 class ClassMetricsHandler:
