@@ -19,6 +19,7 @@ from typing import Any
 
 import torch.distributed as dist
 
+from cryoet_monai.distributed import is_distributed, is_rank0
 from cryoet_monai.io.atomic import write_json_atomic
 from cryoet_monai.io.mrc import is_mrc_path, mrc_stem
 
@@ -95,8 +96,8 @@ def prepare_datalist(
         n=int(n_tomograms), shape=[int(s) for s in shape], voxel_size=float(voxel_size), seed=int(seed)
     )
     out_dir = synthetic_cache_dir(synthetic_root, **params, **synthetic_options)
-    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    if distributed and dist.get_rank() != 0:
+    distributed = is_distributed()
+    if not is_rank0():
         dist.barrier()  # wait for rank 0 to write the dataset
         path = out_dir / "datalist.json"
     else:

@@ -16,6 +16,7 @@ from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointSaver
 from monai.utils import is_scalar
 
+from cryoet_monai.distributed import is_rank0
 from cryoet_monai.io.atomic import atomic_path
 from cryoet_monai.precision import parse_bool
 
@@ -24,12 +25,6 @@ __all__ = ["BestMetricCheckpoint", "CheckpointResumeError", "ClassMetricsHandler
 
 class CheckpointResumeError(ValueError):
     """A "last" checkpoint exists but cannot be used to resume (message names the file)."""
-
-
-def _is_main_process() -> bool:
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def _state_of(name: str, obj: Any) -> Any:
@@ -198,7 +193,7 @@ class ResumeCheckpoint:
         )
 
     def save(self, engine: Engine) -> None:
-        if not _is_main_process():
+        if not is_rank0():
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: _state_of(k, v) for k, v in self.save_dict.items()}
@@ -255,6 +250,6 @@ class ClassMetricsHandler:
                 "per_class": {k: {s: v[s] for s in self.scores} for k, v in result["per_class"].items()},
             }
         )
-        if _is_main_process():
+        if is_rank0():
             table = "  ".join(f"{k}={v['f1']:.3f}" for k, v in result["per_class"].items())
             self.logger.info("%s F1 per class: %s", self.prefix, table)

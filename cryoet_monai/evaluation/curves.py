@@ -20,6 +20,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from cryoet_monai import CLASS_NAMES
+from cryoet_monai.distributed import is_rank0
 from cryoet_monai.evaluation.figures import plot_training_curves
 from cryoet_monai.io.atomic import write_json_atomic
 
@@ -166,9 +167,7 @@ class TrainingCurvesHandler:
     # -------------------------------------------------------------- output
     def write(self) -> tuple[Path, Path] | None:
         """Write the history JSON and the PNG now (rank 0 only); returns their paths."""
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        if not is_rank0():
             return None
         self.output_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.history_path, self.history, indent=1)
