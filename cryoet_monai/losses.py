@@ -8,7 +8,6 @@ annotated voxel gives a loss of exactly 0 (with a zero gradient), never NaN.
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from os import PathLike
@@ -23,6 +22,7 @@ from monai.losses import DiceLoss
 from monai.networks.utils import one_hot
 
 from cryoet_monai import CLASSES, IGNORE_LABEL, NUM_CLASSES
+from cryoet_monai.data.datalist import load_datalist
 
 __all__ = [
     "PAPER_CLASS_WEIGHTS",
@@ -236,17 +236,8 @@ class MaskedDiceCELoss(nn.Module):
 def _label_sources(labels: Any) -> Iterable[tuple[str, Any]]:
     """Yield ``(name, array-or-path)`` from arrays, tensors, paths, datalist dicts or a datalist JSON."""
     if isinstance(labels, (str, PathLike)) and str(labels).endswith(".json"):
-        path = Path(labels)
-        try:
-            datalist = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{path}: cannot read the datalist ({e}).") from e
-        if not isinstance(datalist, Mapping) or "training" not in datalist:
-            raise ValueError(f"{path}: a datalist needs a 'training' list of {{'image', 'label'}} entries.")
-        for i, item in enumerate(datalist["training"]):
-            if not isinstance(item, Mapping) or "label" not in item:
-                raise ValueError(f"{path}: training entry {i} has no 'label'.")
-            yield str(path.parent / item["label"]), path.parent / item["label"]
+        for item in load_datalist(labels, "training", fields=("label",)):
+            yield item["label"], Path(item["label"])
         return
     if isinstance(labels, (str, PathLike, np.ndarray, torch.Tensor, Mapping)):
         labels = [labels]

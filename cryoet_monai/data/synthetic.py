@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from cryoet_monai.classes import CLASSES, GENERATOR_OBJECTS
+from cryoet_monai.data.datalist import split_counts
 from cryoet_monai.data.imaging import ImagingParams, image_volume, visible_normals
 from cryoet_monai.data.phantom import Canvas, Ellipsoid, IceSlab, Sheet, random_rotation, smooth_path
 from cryoet_monai.data.tilt_series import TiltSeriesParams, reconstruct_tilt_series
@@ -611,17 +612,6 @@ def _to_storage(image: np.ndarray, dtype: str, rng: np.random.Generator) -> np.n
     return np.clip(np.rint(image * scale + offset), lo, hi).astype(dtype)
 
 
-def _split_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:
-    n_test = int(round(n * test_fraction))
-    n_val = int(round(n * val_fraction))
-    if n >= 2:
-        n_val = max(n_val, 1)
-    if n - n_val - n_test < 1:
-        n_test = max(0, n - n_val - 1)
-        n_val = min(n_val, n - n_test - 1)
-    return n - n_val - n_test, n_val, n_test
-
-
 def write_synthetic_dataset(
     out_dir: str | os.PathLike,
     n: int,
@@ -739,7 +729,7 @@ def write_synthetic_dataset(
         if verbose:
             print(f"{out / 'images' / name}: {vs:.2f} Å, {dtype}, snr {info['imaging']['snr']:.2f}, "
                   f"class fractions {np.round(fractions, 3).tolist()}", flush=True)
-    n_train, n_val, _ = _split_counts(n, val_fraction, test_fraction)
+    n_train, n_val, _ = split_counts(n, val_fraction, test_fraction)
     pairs = [{"image": t["image"], "label": t["label"]} for t in tomograms]
     datalist = {
         "description": "synthetic cryo-ET tomograms (cryoet_monai.data.synthetic)",

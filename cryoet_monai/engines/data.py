@@ -19,6 +19,9 @@ from typing import Any
 
 import torch.distributed as dist
 
+from cryoet_monai.data.datalist import load_datalist, split_counts
+from cryoet_monai.distributed import is_distributed, is_rank0
+from cryoet_monai.io.atomic import write_json_atomic
 from cryoet_monai.io.mrc import is_mrc_path, mrc_stem
 
 __all__ = ["DatalistError", "prepare_datalist", "write_datalist", "synthetic_cache_dir"]
@@ -38,16 +41,9 @@ def synthetic_cache_dir(root: str | os.PathLike, **params: Any) -> Path:
 
 
 def _check_datalist(path: Path) -> None:
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise DatalistError(f"{path}: not a readable JSON datalist ({err})") from err
-    if not isinstance(content, dict) or not content.get("training"):
-        raise DatalistError(f"{path}: datalist has no non-empty 'training' list")
-    for key in ("training", "validation"):
-        for item in content.get(key, []):
-            if not isinstance(item, dict) or "image" not in item or "label" not in item:
-                raise DatalistError(f"{path}: every '{key}' entry needs 'image' and 'label', got {item!r}")
+    """A non-empty 'training' list and an optional 'validation' list of ``{"image", "label"}`` entries."""
+    load_datalist(path, "training", error=DatalistError)
+    load_datalist(path, "validation", required=False, error=DatalistError)
 
 
 def _generate(
@@ -94,8 +90,8 @@ def prepare_datalist(
         n=int(n_tomograms), shape=[int(s) for s in shape], voxel_size=float(voxel_size), seed=int(seed)
     )
     out_dir = synthetic_cache_dir(synthetic_root, **params, **synthetic_options)
-    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    if distributed and dist.get_rank() != 0:
+    distributed = is_distributed()
+    if not is_rank0():
         dist.barrier()  # wait for rank 0 to write the dataset
         path = out_dir / "datalist.json"
     else:
@@ -120,7 +116,8 @@ def write_datalist(
     """Write a decathlon-style datalist for ``<dataset_dir>/images/*.mrc`` + ``<dataset_dir>/labels/*.mrc``
     (paired by file name), split *by tomogram* into training / validation / test.
 
-    At least one tomogram goes to training and, when there are two or more, at least one to
+    The counts follow :func:`cryoet_monai.data.datalist.split_counts`, as for the synthetic dataset:
+    at least one tomogram goes to training and, when there are two or more, at least one to
     validation, so neighbouring slices of one tomogram never end up on both sides of the split.
     Returns the datalist path (default ``<dataset_dir>/datalist.json``).
     """
@@ -136,19 +133,15 @@ def write_datalist(
             raise DatalistError(f"{img}: no label volume with the same name in {root / label_folder}")
         pairs.append({"image": str(img.relative_to(root)), "label": str(lab.relative_to(root))})
     random.Random(seed).shuffle(pairs)
-    n = len(pairs)
-    n_val = max(1, round(n * val_fraction)) if n >= 2 and val_fraction > 0 else 0
-    n_test = min(round(n * test_fraction), n - n_val - 1) if test_fraction > 0 else 0
+    n_train, n_val, n_test = split_counts(len(pairs), val_fraction, test_fraction)
     content = {
         "test": pairs[:n_test],
         "validation": pairs[n_test : n_test + n_val],
         "training": pairs[n_test + n_val :],
     }
     out = Path(output_file) if output_file is not None else root / "datalist.json"
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(content, indent=2))
-    os.replace(tmp, out)
+    write_json_atomic(out, content)
     logger.info(
-        "wrote %s: %d training, %d validation, %d test tomograms", out, n - n_val - n_test, n_val, n_test
+        "wrote %s: %d training, %d validation, %d test tomograms", out, n_train, n_val, n_test
     )
     return out

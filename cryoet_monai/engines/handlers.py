@@ -16,6 +16,8 @@ from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointSaver
 from monai.utils import is_scalar
 
+from cryoet_monai.distributed import is_rank0
+from cryoet_monai.io.atomic import atomic_path
 from cryoet_monai.precision import parse_bool
 
 __all__ = ["BestMetricCheckpoint", "CheckpointResumeError", "ClassMetricsHandler", "ResumeCheckpoint"]
@@ -23,12 +25,6 @@ __all__ = ["BestMetricCheckpoint", "CheckpointResumeError", "ClassMetricsHandler
 
 class CheckpointResumeError(ValueError):
     """A "last" checkpoint exists but cannot be used to resume (message names the file)."""
-
-
-def _is_main_process() -> bool:
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def _state_of(name: str, obj: Any) -> Any:
@@ -131,7 +127,7 @@ class ResumeCheckpoint:
     At the end of every ``save_interval``-th epoch (after the validation and LR-schedule handlers,
     so attach this one last) ``save_dict`` -- typically network, optimizer, lr scheduler and the
     :class:`BestMetricCheckpoint` -- plus the engine it is attached to (as ``"trainer"``) is
-    written to ``<save_dir>/<filename>`` atomically (temporary file + ``os.replace``; only rank 0
+    written to ``<save_dir>/<filename>`` atomically (:func:`cryoet_monai.io.atomic.atomic_path`; only rank 0
     writes under ``torch.distributed``). When the trainer starts and that file exists, everything
     is restored, so the epoch/iteration counters, optimizer moments and learning-rate schedule
     continue where the interrupted run stopped; a finished run started again does nothing. The
@@ -197,13 +193,12 @@ class ResumeCheckpoint:
         )
 
     def save(self, engine: Engine) -> None:
-        if not _is_main_process():
+        if not is_rank0():
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: _state_of(k, v) for k, v in self.save_dict.items()}
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.path)
+        with atomic_path(self.path) as tmp:
+            torch.save(state, tmp)
 
 
 class ClassMetricsHandler:
@@ -255,6 +250,6 @@ class ClassMetricsHandler:
                 "per_class": {k: {s: v[s] for s in self.scores} for k, v in result["per_class"].items()},
             }
         )
-        if _is_main_process():
+        if is_rank0():
             table = "  ".join(f"{k}={v['f1']:.3f}" for k, v in result["per_class"].items())
             self.logger.info("%s F1 per class: %s", self.prefix, table)

@@ -20,7 +20,9 @@ import torch
 from ignite.engine import Engine, Events
 
 from cryoet_monai import CLASS_NAMES
+from cryoet_monai.distributed import is_rank0
 from cryoet_monai.evaluation.figures import plot_training_curves
+from cryoet_monai.io.atomic import write_json_atomic
 
 __all__ = ["TrainingCurvesHandler", "load_history"]
 
@@ -165,14 +167,10 @@ class TrainingCurvesHandler:
     # -------------------------------------------------------------- output
     def write(self) -> tuple[Path, Path] | None:
         """Write the history JSON and the PNG now (rank 0 only); returns their paths."""
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        if not is_rank0():
             return None
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.history_path.with_name(f".{self.history_path.name}.tmp")
-        tmp.write_text(json.dumps(self.history, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, self.history_path)
+        write_json_atomic(self.history_path, self.history, indent=1)
         if not self.history["epoch"]:
             return self.history_path, self.figure_path
         plot_training_curves(self.history, self.figure_path, self.class_names)

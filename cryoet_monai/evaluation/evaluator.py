@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from cryoet_monai import CLASS_NAMES, IGNORE_LABEL
+from cryoet_monai.data.datalist import load_datalist
 from cryoet_monai.evaluation.figures import pick_example_slices
 from cryoet_monai.evaluation.report import THIN_CLASSES, CaseResult, surface_dice, write_report
 from cryoet_monai.inference.engine import output_stem
@@ -40,25 +41,8 @@ def load_test_list(datalist: str | os.PathLike, split: str = "test") -> list[dic
 
     Relative paths are resolved against the datalist's folder. Every entry needs a label.
     """
-    path = Path(datalist)
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise EvaluationError(f"{path}: cannot read the datalist ({err}).") from err
-    items = content.get(split) if isinstance(content, dict) else None
-    if not items:
-        raise EvaluationError(f"{path}: datalist has no non-empty {split!r} list to evaluate.")
-    out = []
-    for item in items:
-        if not isinstance(item, Mapping) or "image" not in item or "label" not in item:
-            raise EvaluationError(f"{path}: {split!r} entry {item!r} needs both 'image' and 'label'.")
-        out.append(
-            {
-                k: Path(item[k]) if os.path.isabs(item[k]) else path.parent / item[k]
-                for k in ("image", "label")
-            }
-        )
-    return out
+    items = load_datalist(datalist, split, error=EvaluationError)
+    return [{k: Path(item[k]) for k in ("image", "label")} for item in items]
 
 
 def confusion_of_volumes(

@@ -18,6 +18,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from cryoet_monai import CLASS_NAMES, CLASSES, IGNORE_LABEL
+from cryoet_monai.io.atomic import atomic_path
 
 __all__ = [
     "CLASS_COLORS",
@@ -43,12 +44,8 @@ def _save(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> Path:
     """Write ``fig`` as PNG through a temporary file so a crash never leaves half a figure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

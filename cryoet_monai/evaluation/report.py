@@ -12,7 +12,6 @@ paper's Table 1) and also gives every tomogram's scores and their mean over tomo
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import warnings
@@ -27,6 +26,7 @@ from monai.metrics import compute_surface_dice
 
 from cryoet_monai import CLASS_NAMES, CLASSES, IGNORE_LABEL
 from cryoet_monai.evaluation import figures
+from cryoet_monai.io.atomic import write_json_atomic, write_text_atomic
 
 __all__ = [
     "THIN_CLASSES",
@@ -227,15 +227,6 @@ def format_table(summary: Mapping[str, Any], title: str = "TEST") -> str:
     return "\n".join(lines) + "\n" + note + "\n"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_report(
     cases: Sequence[CaseResult],
     output_dir: str | os.PathLike,
@@ -255,9 +246,9 @@ def write_report(
     summary = summarize(cases, class_names)
     paths: dict[str, Path] = {}
     paths["metrics"] = out / "metrics.json"
-    _atomic_write_text(paths["metrics"], json.dumps(summary, indent=2) + "\n")
+    write_json_atomic(paths["metrics"], summary)
     paths["table"] = out / "metrics.md"
-    _atomic_write_text(paths["table"], format_table(summary, title=title))
+    write_text_atomic(paths["table"], format_table(summary, title=title))
     paths["confusion_matrix"] = figures.plot_confusion_matrix(
         np.asarray(summary["overall"]["confusion_matrix"]),
         out / "confusion_matrix.png",

@@ -20,7 +20,6 @@ Peak memory is therefore a few slabs plus the network, whatever the size of the 
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import math
 import os
@@ -37,6 +36,7 @@ import torch.nn.functional as F
 
 from cryoet_monai import CLASS_NAMES
 from cryoet_monai.classes import by_class_name
+from cryoet_monai.data.datalist import read_datalist_json
 from cryoet_monai.inference.backends import default_backend, make_backend
 from cryoet_monai.inference.inferers import TomogramInferer, default_inferer, network_kind
 from cryoet_monai.inference.postprocess import remove_small_components
@@ -98,10 +98,9 @@ def _is_mrc(path: Path) -> bool:
 
 
 def _from_datalist(path: Path) -> list[Path]:
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise InferenceError(f"{path}: cannot read the datalist ({err}).") from err
+    # not load_datalist (MONAI's loader): inputs may be a bare list or image paths in any split, and
+    # keep the spelling the datalist gives them (no normpath; find_inputs de-duplicates by realpath)
+    content = read_datalist_json(path, InferenceError)
     if isinstance(content, dict):
         for key in ("test", "testing", "inference", "validation", "training"):
             if content.get(key):

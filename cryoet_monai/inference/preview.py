@@ -9,7 +9,6 @@ Both are written through a temporary file and renamed, like every other output.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,18 +17,9 @@ from typing import Any
 import numpy as np
 
 from cryoet_monai import CLASS_NAMES
+from cryoet_monai.io.atomic import atomic_path, write_json_atomic
 
 __all__ = ["write_preview", "write_summary"]
-
-
-def _atomic(path: Path, write: Any) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def write_preview(volume: np.ndarray, labels: np.ndarray, path: str | os.PathLike, title: str = "") -> Path:
@@ -59,10 +49,11 @@ def write_preview(volume: np.ndarray, labels: np.ndarray, path: str | os.PathLik
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
-    return _atomic(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=80))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+    return Path(path)
 
 
 def write_summary(summary: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """The per-tomogram summary as JSON (paths as strings, tuples as lists)."""
-    text = json.dumps(summary, indent=2, default=lambda v: v.item() if hasattr(v, "item") else str(v)) + "\n"
-    return _atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
+    return write_json_atomic(path, summary, default=lambda v: v.item() if hasattr(v, "item") else str(v))

@@ -24,7 +24,6 @@ import mmap
 import os
 import re
 import time
-import uuid
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -36,6 +35,8 @@ from monai.config import DtypeLike, NdarrayOrTensor, PathLike
 from monai.data import ImageReader, ImageWriter
 from monai.data.utils import is_supported_format
 from monai.utils import MetaKeys, convert_data_type, ensure_tuple
+
+from cryoet_monai.io.atomic import atomic_path
 
 __all__ = [
     "MRC_SUFFIXES",
@@ -616,11 +617,7 @@ def release_pages(view: np.ndarray) -> None:
         mm.madvise(mmap.MADV_DONTNEED, aligned, length)
 
 
-def _temporary_path(path: Path) -> Path:
-    # the writer's pid in the name lets a later run tell a dead writer's leftovers from live files
-    return path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-
-
+# the names of cryoet_monai.io.atomic.temporary_path, which every atomic writer of the package uses
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.tmp$")
 
 
@@ -746,15 +743,10 @@ def save_mrc(
         disk = array.astype(disk_dtype.newbyteorder("="), copy=False)
         logical = disk
     vs, org = _xyz(voxel_size, "voxel_size", path), _xyz(origin, "origin", path)
-    tmp = _temporary_path(path)
-    try:
-        with mrcfile.new(tmp, compression=_compression_for(path), overwrite=True) as mrc:
-            mrc.set_data(np.ascontiguousarray(disk))
-            _finish_header(mrc, logical, vs, org, unsigned, path)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    compression = _compression_for(path)  # from the final name: the temporary ends in .tmp
+    with atomic_path(path) as tmp, mrcfile.new(tmp, compression=compression, overwrite=True) as mrc:
+        mrc.set_data(np.ascontiguousarray(disk))
+        _finish_header(mrc, logical, vs, org, unsigned, path)
     return path
 
 
@@ -790,8 +782,7 @@ def create_mrc(
     _check_target(path, overwrite)
     mode, disk_dtype, unsigned = _mode_dtype(dtype, path)
     vs, org = _xyz(voxel_size, "voxel_size", path), _xyz(origin, "origin", path)
-    tmp = _temporary_path(path)
-    try:
+    with atomic_path(path) as tmp:
         try:
             mrc = mrcfile.new_mmap(tmp, shape, mrc_mode=mode, fill=fill, overwrite=True)
         except PermissionError as err:  # name the folder, not our hidden temporary file
@@ -808,10 +799,6 @@ def create_mrc(
             mrc.flush()
         finally:
             mrc.close()
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
 
 
 class MRCWriter(ImageWriter):

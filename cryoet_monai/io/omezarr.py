@@ -188,6 +188,8 @@ def create_ome_zarr_labels(
 
     path = Path(path)
     limit_heap_retention()  # zarr's freed chunk buffers would stay in RSS (cryoet_monai.io.heap)
+    # not cryoet_monai.io.atomic.atomic_path: two temporaries (the memory-mapped labels and the folder
+    # store written from them) with one tag, and a folder replaces the target
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     raw = path.parent / f".{path.name}.{tag}.tmp"
     store = path.parent / f".{path.name}.{tag}.zarr.tmp"
