@@ -31,7 +31,7 @@ def main() -> None:
 
     from cryoet_monai.data.synthetic import generate_tomogram
     from cryoet_monai.inference.cli import build_segmenter
-    from cryoet_monai.inference.quantize import calibration_windows, quantize_openvino
+    from cryoet_monai.inference.quantize import calibration_windows, quantize_openvino, update_int8_record
 
     def segmenter(backend: str):
         return build_segmenter(args.model, backend=backend, precision="fp32", progress=False,
@@ -43,7 +43,7 @@ def main() -> None:
     t = time.perf_counter()
     windows = calibration_windows(network.in_channels, args.tomograms, args.windows, voxel_size=voxel_size)
     network = network.to(memory_format=torch.contiguous_format)
-    quantize_openvino(network, windows, model_path)
+    xml = quantize_openvino(network, windows, model_path)
     seconds = time.perf_counter() - t
 
     # agreement on a held-out synthetic tomogram, whole pipeline: int8 against torch fp32
@@ -51,21 +51,11 @@ def main() -> None:
     a = reference.segment_array(image, voxel_size)[0]
     b = segmenter("openvino-int8").segment_array(image, voxel_size)[0]
     agreement = float(np.mean(a == b))
-    xml = quantize_openvino_record(model_path, agreement)
+    update_int8_record(model_path, labels_equal_to_torch_fp32=agreement)
     size = xml.with_suffix(".bin").stat().st_size / 2**20
     print(f"wrote {xml} (+ .bin {size:.1f} MiB) in {seconds:.0f} s from {len(windows)} windows; "
           f"labels equal to torch fp32 on {100 * agreement:.2f} % of a held-out synthetic tomogram")
 
-
-def quantize_openvino_record(model_path: Path, agreement: float) -> Path:
-    """Add the measured agreement to the int8 model's record; returns the IR path."""
-    from cryoet_monai.inference.quantize import int8_paths, read_int8_record
-    from cryoet_monai.io.atomic import write_json_atomic
-
-    xml, record_path = int8_paths(model_path)
-    record = read_int8_record(model_path) or {}
-    write_json_atomic(record_path, {**record, "labels_equal_to_torch_fp32": agreement})
-    return xml
 
 if __name__ == "__main__":
     main()

@@ -82,7 +82,17 @@ class OnnxRuntimeNetwork:
         return torch.from_numpy(out)
 
 
-class OpenVINONetwork:
+class _CompiledOpenVINO:
+    """Runs ``self.compiled`` (an OpenVINO compiled model) with the network's tensor contract."""
+
+    compiled: Any
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.compiled(np.ascontiguousarray(x.float().cpu().numpy()))[0]
+        return torch.from_numpy(np.asarray(out, dtype=np.float32))
+
+
+class OpenVINONetwork(_CompiledOpenVINO):
     """A network converted by OpenVINO (dynamic batch and spatial sizes) and compiled for the CPU.
 
     Args:
@@ -113,12 +123,9 @@ class OpenVINONetwork:
         self.compiled = ov.Core().compile_model(model, "CPU", config)
         self.precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.compiled(np.ascontiguousarray(x.float().cpu().numpy()))[0]
-        return torch.from_numpy(np.asarray(out, dtype=np.float32))
 
 
-class OpenVINOInt8Network:
+class OpenVINOInt8Network(_CompiledOpenVINO):
     """The int8 OpenVINO model of a weights file, compiled for the CPU; same contract as
     :class:`OpenVINONetwork` (made by :func:`~cryoet_monai.inference.quantize.quantize_openvino`).
 
@@ -129,40 +136,29 @@ class OpenVINOInt8Network:
     """
 
     def __init__(self, model_path: str | Path, size_divisible: int = 16, threads: int | None = None) -> None:
-        from cryoet_monai.inference.quantize import int8_paths, read_int8_record, weights_sha256
+        from cryoet_monai.inference.quantize import int8_model_problem, int8_paths
 
         try:
             import openvino as ov
         except ImportError as err:
             raise BackendError("backend openvino-int8: openvino is not installed (pip install openvino)"
                                ) from err
-        xml, _ = int8_paths(model_path)
-        record = read_int8_record(model_path)
-        if record is None or not xml.is_file():
-            raise BackendError(f"backend openvino-int8: {xml} is missing; make it with "
-                               f"python scripts/quantize_model.py --model {Path(model_path).parent.parent}")
-        if record.get("weights_sha256") != weights_sha256(model_path):
-            raise BackendError(f"backend openvino-int8: {xml} was made from other weights than {model_path}; "
-                               "quantise again (scripts/quantize_model.py)")
+        problem = int8_model_problem(model_path)
+        if problem is not None:
+            raise BackendError(f"backend openvino-int8: {problem}")
         self.size_divisible = int(size_divisible)
         config: dict[str, Any] = {"INFERENCE_NUM_THREADS": int(threads)} if threads else {}
-        self.compiled = ov.Core().compile_model(ov.Core().read_model(str(xml)), "CPU", config)
+        core = ov.Core()
+        self.compiled = core.compile_model(core.read_model(str(int8_paths(model_path)[0])), "CPU", config)
         self.precision = "int8"
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.compiled(np.ascontiguousarray(x.float().cpu().numpy()))[0]
-        return torch.from_numpy(np.asarray(out, dtype=np.float32))
 
 
 def has_int8_model(model_path: str | Path | None) -> bool:
     """Whether an int8 OpenVINO model made from exactly the weights ``model_path`` lies beside them."""
-    if model_path is None:
-        return False
-    from cryoet_monai.inference.quantize import int8_paths, read_int8_record, weights_sha256
+    from cryoet_monai.inference.quantize import int8_model_problem
 
-    record = read_int8_record(model_path)
-    return (record is not None and int8_paths(model_path)[0].is_file()
-            and record.get("weights_sha256") == weights_sha256(model_path))
+    return model_path is not None and int8_model_problem(model_path) is None
 
 
 def default_backend(device: torch.device, model_path: str | Path | None = None) -> str:

@@ -28,8 +28,8 @@ import torch.nn as nn
 from cryoet_monai.io.atomic import write_json_atomic
 
 __all__ = [
-    "INT8_SUFFIX", "calibration_windows", "int8_paths", "quantize_openvino", "read_int8_record",
-    "weights_sha256",
+    "INT8_SUFFIX", "calibration_windows", "int8_model_problem", "int8_paths", "quantize_openvino",
+    "read_int8_record", "update_int8_record", "weights_sha256",
 ]  # fmt: skip
 
 #: the int8 IR of ``models/model.pt`` is ``models/model_int8.xml`` (+ ``.bin`` and ``.json``)
@@ -80,7 +80,6 @@ def quantize_openvino(
     network: nn.Module,
     calibration: Sequence[np.ndarray],
     model_path: str | Path,
-    extra_record: dict[str, Any] | None = None,
 ) -> Path:
     """Quantise ``network`` (eval mode, the float weights stored at ``model_path``) to int8 and save it as
     the OpenVINO IR :func:`int8_paths` names; returns the ``.xml`` path.
@@ -90,7 +89,6 @@ def quantize_openvino(
             ``model_path`` loaded (batch norm folded or not: OpenVINO fuses it).
         calibration: input windows ``(1, C_in, Y, X)`` (see :func:`calibration_windows`).
         model_path: the float weights file; its hash goes into the record.
-        extra_record: more fields for the JSON record (e.g. measured label agreement).
     """
     try:
         import nncf
@@ -112,15 +110,20 @@ def quantize_openvino(
                               preset=nncf.QuantizationPreset.MIXED,
                               ignored_scope=nncf.IgnoredScope(names=[convolutions[0], convolutions[-1]]))
     xml, record = int8_paths(model_path)
-    # OpenVINO writes the .xml and .bin itself: write under temporary names, then rename both
+    # OpenVINO writes the .xml and its .bin itself (no io.atomic for a pair): write both under
+    # temporary names, rename them when both exist, remove them on any failure
     tmp_xml = xml.with_name(f".{xml.name}.tmp.xml")
-    ov.save_model(quantized, str(tmp_xml), compress_to_fp16=False)
-    tmp_xml.with_suffix(".bin").replace(xml.with_suffix(".bin"))
-    tmp_xml.replace(xml)
+    try:
+        ov.save_model(quantized, str(tmp_xml), compress_to_fp16=False)
+        tmp_xml.with_suffix(".bin").replace(xml.with_suffix(".bin"))
+        tmp_xml.replace(xml)
+    finally:
+        tmp_xml.unlink(missing_ok=True)
+        tmp_xml.with_suffix(".bin").unlink(missing_ok=True)
     write_json_atomic(record, {"weights": Path(model_path).name, "weights_sha256": weights_sha256(model_path),
                                "calibration_windows": len(calibration),
                                "window_shape": [int(s) for s in example.shape], "nncf": nncf.__version__,
-                               "openvino": ov.__version__, **(extra_record or {})})
+                               "openvino": ov.__version__})
     return xml
 
 
@@ -128,3 +131,22 @@ def read_int8_record(model_path: str | Path) -> dict[str, Any] | None:
     """The JSON record of the int8 model of ``model_path``, or None when there is none."""
     _, record = int8_paths(model_path)
     return json.loads(record.read_text()) if record.is_file() else None
+
+
+def update_int8_record(model_path: str | Path, **fields: Any) -> None:
+    """Add ``fields`` (e.g. a measured label agreement) to the record of the int8 model of ``model_path``."""
+    write_json_atomic(int8_paths(model_path)[1], {**(read_int8_record(model_path) or {}), **fields})
+
+
+def int8_model_problem(model_path: str | Path) -> str | None:
+    """Why the int8 model beside the weights ``model_path`` cannot be used (missing, or made from other
+    weights: the record's SHA-256 differs), or None when it can."""
+    xml, _ = int8_paths(model_path)
+    record = read_int8_record(model_path)
+    if record is None or not xml.is_file():
+        return (f"{xml} is missing; make it with python scripts/quantize_model.py "
+                f"--model {Path(model_path).parent.parent}")
+    if record.get("weights_sha256") != weights_sha256(model_path):
+        return (f"{xml} was made from other weights than {model_path}; "
+                "quantise again (scripts/quantize_model.py)")
+    return None
