@@ -5,18 +5,23 @@ AVX512-BF16 or AMX, oneDNN emulates bf16 and a training step of the shipped netw
 slower than fp32 (6.5 s vs 0.59 s per 8x128² step, measured on an AVX2-only EPYC), so "auto"
 means: bf16 on CPUs with native bf16, bf16 on CUDA GPUs that support it, fp16 on older GPUs,
 fp32 everywhere else. The CPU feature test reads the kernel's CPU flags (``/proc/cpuinfo``)
-instead of a private torch query.
+instead of a private torch query, and honours oneDNN's documented dispatch cap
+(``ONEDNN_MAX_CPU_ISA``, older name ``DNNL_MAX_CPU_ISA``): capped below AVX512_CORE_BF16, oneDNN
+emulates bf16 even on a CPU that has it, so the rule gives fp32 (this is also how the
+benchmarks emulate an AVX2-only machine on a newer one).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import platform
 from functools import cache, lru_cache
 
 import torch
 
-__all__ = ["PRECISIONS", "cpu_features", "cpu_has_native_bf16", "resolve_autocast_dtype", "parse_bool"]
+__all__ = ["PRECISIONS", "cpu_features", "cpu_has_native_bf16", "onednn_isa_cap", "resolve_autocast_dtype",
+           "parse_bool"]
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +29,9 @@ logger = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 _REPORTED_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_tile")
+#: oneDNN ISA caps (``ONEDNN_MAX_CPU_ISA`` values) under which it has no native bf16 instructions
+_CAPS_WITHOUT_BF16 = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE",
+                                "AVX512_CORE_VNNI"})
 
 
 @lru_cache(maxsize=1)
@@ -44,12 +52,23 @@ def cpu_features() -> dict[str, bool]:
     return {name: name in flags for name in _REPORTED_FLAGS}
 
 
+def onednn_isa_cap() -> str | None:
+    """The ISA cap set for oneDNN's dispatcher (``ONEDNN_MAX_CPU_ISA`` or ``DNNL_MAX_CPU_ISA``,
+    upper case), or None when unset or ``ALL``/``DEFAULT``."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or ""
+    cap = cap.strip().upper()
+    return None if cap in ("", "ALL", "DEFAULT") else cap
+
+
 def cpu_has_native_bf16() -> bool:
-    """True where the CPU computes bf16 natively (AVX512-BF16 or AMX-BF16), Linux x86 only.
+    """True where the CPU computes bf16 natively (AVX512-BF16 or AMX-BF16) and oneDNN is not capped
+    below it (:func:`onednn_isa_cap`), Linux x86 only.
 
     Apple silicon and other platforms report False: fp32 is the safe default there.
     """
     if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    if onednn_isa_cap() in _CAPS_WITHOUT_BF16:
         return False
     return any(flag in _cpu_flags() for flag in _BF16_FLAGS)
 

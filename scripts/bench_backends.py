@@ -13,9 +13,17 @@ so "end to end" includes start-up, reading and writing) and reports wall seconds
 * label agreement of each backend with torch fp32 (the reference), the fp32 and bf16 GEMM peaks of
   this machine and the fraction of them the torch row reaches, and the CPU's features.
 
+``--max-isa AVX2`` emulates an older CPU on a newer one: it caps every library's documented
+dispatcher before anything is imported (oneDNN ``ONEDNN_MAX_CPU_ISA``, OpenVINO ``OV_CPU_MAX_ISA``,
+ATen ``ATEN_CPU_CAPABILITY``, MKL ``MKL_ENABLE_INSTRUCTIONS``), so the precision rule sees no native
+bf16 and OpenVINO picks AVX2 int8/fp32 kernels. ONNX Runtime has no such switch: its row keeps the
+machine's full ISA, and the table says so. Same cores, caches and clock: an emulation, not a
+measurement on an AVX2-only CPU.
+
 Usage::
 
-    python scripts/bench_backends.py [--depth 184] [--size 630] [--skip openvino ...] [--json out.json]
+    python scripts/bench_backends.py [--depth 184] [--size 630] [--skip openvino ...] [--max-isa AVX2]
+        [--json out.json]
 """
 
 from __future__ import annotations
@@ -34,18 +42,20 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 
-def cpu_features() -> dict[str, object]:
-    """Model name and the SIMD / matrix features that decide CPU inference speed (Linux)."""
+#: environment variables that cap each library's ISA dispatch to AVX2 (``--max-isa AVX2``)
+ISA_CAP_ENV = {"ONEDNN_MAX_CPU_ISA": "{isa}", "OV_CPU_MAX_ISA": "{isa}", "ATEN_CPU_CAPABILITY": "{isa_lower}",
+               "MKL_ENABLE_INSTRUCTIONS": "{isa}"}
+
+
+def cpu_report() -> dict[str, object]:
+    """Model name, cores, the SIMD / matrix features that decide CPU speed, and any ISA cap in force."""
+    from cryoet_monai.precision import cpu_features, onednn_isa_cap
+
     text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    flags = set()
-    model = ""
-    for line in text.splitlines():
-        if line.startswith("flags") and not flags:
-            flags = set(line.split(":", 1)[1].split())
-        if line.startswith("model name") and not model:
-            model = line.split(":", 1)[1].strip()
-    wanted = ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"]
-    return {"model": model, "cores": os.cpu_count(), "features": [f for f in wanted if f in flags]}
+    names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
+    model = names[0] if names else ""
+    features = [name for name, present in cpu_features().items() if present]
+    return {"model": model, "cores": os.cpu_count(), "features": features, "isa_cap": onednn_isa_cap()}
 
 
 def _timed(cmd: list[str], env: dict[str, str] | None = None) -> dict:
@@ -139,14 +149,20 @@ def main() -> None:
     p.add_argument("--voxel-size", type=float, default=10.0)
     p.add_argument("--skip", nargs="*", default=[], help="rows to leave out (torch, fp32, onnxruntime, "
                    "openvino, openvino-int8, seed, slice_inferer)")
+    p.add_argument("--max-isa", choices=["AVX2"], help="emulate a CPU with at most this ISA (see above)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args()
+    if args.max_isa:  # before torch/OpenVINO are imported here or in the rows' processes
+        os.environ.update({k: v.format(isa=args.max_isa, isa_lower=args.max_isa.lower())
+                           for k, v in ISA_CAP_ENV.items()})
 
     from cryoet_monai.data.synthetic import generate_tomogram
     from cryoet_monai.io.mrc import read_mrc, save_mrc
 
-    cpu = cpu_features()
-    print(f"CPU: {cpu['model']}, {cpu['cores']} cores, features: {' '.join(cpu['features'])}", flush=True)
+    cpu = cpu_report()
+    capped = f"; ISA capped to {cpu['isa_cap']} (emulation)" if cpu["isa_cap"] else ""
+    print(f"CPU: {cpu['model']}, {cpu['cores']} cores, features: {' '.join(cpu['features'])}{capped}",
+          flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="bench_backends_"))
     src = tmp / "typical.mrc"
     t = time.perf_counter()
@@ -192,7 +208,8 @@ def main() -> None:
             labels = np.asarray(read_mrc(row["labels"])[0])
             agree = float((labels == reference).mean())
         speed = f"{seed_s / row['seconds']:.2f}x" if seed_s else "-"
-        print(f"| {name} | {row['seconds']:.1f} | {speed} | {row['peak_rss_gib']:.2f} | "
+        uncapped = " (not capped: full ISA)" if cpu["isa_cap"] and name == "onnxruntime" else ""
+        print(f"| {name}{uncapped} | {row['seconds']:.1f} | {speed} | {row['peak_rss_gib']:.2f} | "
               f"{'-' if agree is None else f'{100 * agree:.2f} %'} |")
         report["rows"][name] = {"seconds": row["seconds"], "peak_rss_gib": row["peak_rss_gib"],
                                 "agreement_with_fp32": agree}

@@ -38,6 +38,22 @@ def test_precision_rule_is_native_or_fp32():
     assert AutocastInferer(device_type="cpu").enabled == (auto is not None)
 
 
+@pytest.mark.parametrize("cap, native", [("AVX2", False), ("avx512_core_vnni", False), ("ALL", None),
+                                         ("AVX512_CORE_BF16", None)])
+def test_precision_rule_honours_the_onednn_isa_cap(monkeypatch, cap, native):
+    """Capped below AVX512_CORE_BF16 (how an AVX2-only CPU is emulated), oneDNN emulates bf16: fp32."""
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    uncapped = cpu_has_native_bf16()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    assert cpu_has_native_bf16() is (uncapped if native is None else native)
+    if native is False:
+        assert resolve_autocast_dtype("auto", "cpu") is None
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", cap)  # the older name
+    assert cpu_has_native_bf16() is (uncapped if native is None else native)
+
+
 @pytest.mark.parametrize("value, expected", [(True, True), ("false", False), ("True", True), ("0", False),
                                              (1, True), ("off", False)])
 def test_config_booleans_are_parsed_strictly(value, expected):
