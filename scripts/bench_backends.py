@@ -7,7 +7,9 @@ so "end to end" includes start-up, reading and writing) and reports wall seconds
 
 * ours with each backend: torch eager (autocast per the precision rule), torch fp32, ONNX Runtime
   (fp32), OpenVINO (its default precision: bf16 where the CPU has it natively), OpenVINO int8 (the
-  shipped ``models/model_int8.xml``, made by ``scripts/quantize_model.py``);
+  shipped ``models/model_int8.xml``, made by ``scripts/quantize_model.py``); every row skips the
+  planes outside the sample (the default), and one more int8 row segments every plane
+  (``--all-planes``) to measure what the skip saves and changes;
 * baselines with the same weights: the seed paper's way (fp32 eager, one forward per slice, plain
   argmax) and MONAI's stock ``SliceInferer`` (fp32, whole slices, default batch);
 * label agreement of each backend with torch fp32 (the reference), the fp32 and bf16 GEMM peaks of
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -148,7 +151,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=630)
     p.add_argument("--voxel-size", type=float, default=10.0)
     p.add_argument("--skip", nargs="*", default=[], help="rows to leave out (torch, fp32, onnxruntime, "
-                   "openvino, openvino-int8, seed, slice_inferer)")
+                   "openvino, openvino-int8, 'openvino-int8 --all-planes', seed, slice_inferer)")
     p.add_argument("--max-isa", choices=["AVX2"], help="emulate a CPU with at most this ISA (see above)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args()
@@ -176,11 +179,12 @@ def main() -> None:
     cli = [sys.executable, "-m", "cryoet_monai", "segment", str(src), "--no-progress", "--invert", "no"]
     pipeline = {"fp32": ["--backend", "torch", "--precision", "fp32"], "torch": ["--backend", "torch"],
                 "onnxruntime": ["--backend", "onnxruntime"], "openvino": ["--backend", "openvino"],
-                "openvino-int8": ["--backend", "openvino-int8"]}
+                "openvino-int8": ["--backend", "openvino-int8"],
+                "openvino-int8 --all-planes": ["--backend", "openvino-int8", "--all-planes"]}
     for name, extra in pipeline.items():
         if name in args.skip:
             continue
-        out = tmp / name
+        out = tmp / name.replace(" ", "")
         rows[name] = _timed([*cli, "-o", str(out), *extra], env)
         rows[name]["labels"] = out / "typical_seg.mrc"
         print(f"{name}: {rows[name]['seconds']:.1f} s", flush=True)
@@ -213,6 +217,15 @@ def main() -> None:
               f"{'-' if agree is None else f'{100 * agree:.2f} %'} |")
         report["rows"][name] = {"seconds": row["seconds"], "peak_rss_gib": row["peak_rss_gib"],
                                 "agreement_with_fp32": agree}
+    both = ("openvino-int8", "openvino-int8 --all-planes")
+    if all(name in rows for name in both):
+        skip, every = (np.asarray(read_mrc(rows[name]["labels"])[0]) for name in both)
+        found = re.search(r"sample in planes (\d+)-(\d+)", rows[both[0]]["stdout"])
+        extent = f"sample in planes {found[1]}-{found[2]} of {args.depth}" if found else "no plane skipped"
+        equal = float((skip == every).mean())
+        print(f"\nsample extent: {extent}; {rows[both[0]]['seconds']:.1f} s against "
+              f"{rows[both[1]]['seconds']:.1f} s for every plane, labels equal on {100 * equal:.2f} %")
+        report["sample_extent"] = {"found": extent, "labels_equal": equal}
     if "torch" in rows:
         rate = flops / rows["torch"]["seconds"]
         print(f"\ntorch row: {rate / 1e12:.2f} TFLOP/s end to end = {100 * rate / peaks['bf16']:.0f} % of "

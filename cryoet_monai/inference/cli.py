@@ -181,6 +181,8 @@ def run(args: argparse.Namespace) -> int:
             overrides[key] = True
     if args.no_resample:
         overrides["resample"] = False
+    if args.all_planes:
+        overrides["sample_extent"] = False
     if args.no_progress:
         overrides["progress"] = False
     try:
@@ -279,6 +281,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="also write <name>_preview.png (central xy/xz/yz slices with the labels) and "
                    "<name>_summary.json (class fractions, uncertainty, polarity, voxel size, model, timings)")
     p.add_argument("--no-resample", action="store_true", help="never resample to the model's voxel size")
+    p.add_argument("--all-planes", action="store_true",
+                   help="segment every plane; by default the planes above and below the sample (found by "
+                   "probing every 8th plane from each end) are labelled background without segmenting them")
     p.add_argument("--skip-existing", action="store_true",
                    help="skip tomograms whose <name>_seg.mrc exists (resume a batch); default: overwrite")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (slow first slab)")

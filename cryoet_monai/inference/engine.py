@@ -38,6 +38,7 @@ from cryoet_monai import CLASS_NAMES
 from cryoet_monai.classes import by_class_name
 from cryoet_monai.data.datalist import read_datalist_json
 from cryoet_monai.inference.backends import default_backend, make_backend
+from cryoet_monai.inference.extent import SampleExtent
 from cryoet_monai.inference.inferers import TomogramInferer, default_inferer, network_kind
 from cryoet_monai.inference.postprocess import remove_small_components
 from cryoet_monai.inference.predictor import WindowPredictor, fold_batch_norm, resolve_autocast_dtype
@@ -179,10 +180,13 @@ def _default_device() -> torch.device:
     return torch.device("cpu")
 
 
-def _slab_ranges(depth: int, slab: int, halo: int) -> Iterator[tuple[int, int, int, int]]:
-    """``(core_start, core_stop, lo, hi)`` per slab: it predicts ``[lo, hi)`` and owns the core."""
-    for start in range(0, depth, slab):
-        stop = min(start + slab, depth)
+def _slab_ranges(depth: int, slab: int, halo: int, z0: int = 0, z1: int | None = None
+                 ) -> Iterator[tuple[int, int, int, int]]:
+    """``(core_start, core_stop, lo, hi)`` per slab of the planes ``[z0, z1)`` (default all): it
+    predicts ``[lo, hi)`` and owns the core; the halo may reach outside ``[z0, z1)``, not the volume."""
+    z1 = depth if z1 is None else z1
+    for start in range(z0, z1, slab):
+        stop = min(start + slab, z1)
         yield start, stop, max(0, start - halo), min(depth, stop + halo)
 
 
@@ -262,6 +266,10 @@ class TomogramSegmenter:
         invert: contrast polarity of the inputs: ``"auto"`` (decided per tomogram, see
             :meth:`polarity`), ``True``/``"yes"`` (dense material bright: negate), ``False``/``"no"``
             (dense material dark, as the model expects).
+        sample_extent: skip the planes above and below the sample (labelled background; the extent is
+            in the summary): ``True`` with the default :class:`~cryoet_monai.inference.extent.SampleExtent`,
+            a ``SampleExtent`` to tune it, ``False`` to segment every plane. Slice-wise (2-D, 2.5-D)
+            inferers only; 3-D windows always cover the whole depth.
     """
 
     def __init__(
@@ -298,6 +306,7 @@ class TomogramSegmenter:
         sink: LabelSink | None = None,
         backend: str = "torch",
         inferer: TomogramInferer | None = None,
+        sample_extent: SampleExtent | bool = True,
     ) -> None:
         self.device = _default_device() if device in (None, "auto") else torch.device(device)
         if self.device.type == "cuda":
@@ -381,6 +390,9 @@ class TomogramSegmenter:
             self.class_gains: torch.Tensor | None = torch.tensor(gains)[:, None, None]
         else:
             self.class_gains = None
+        if not isinstance(sample_extent, SampleExtent):
+            sample_extent = SampleExtent() if parse_bool(sample_extent, "sample_extent") else None
+        self.sample_extent: SampleExtent | None = sample_extent
         self.model_path = None if model_path is None else str(model_path)
         self.overwrite = parse_bool(overwrite, "overwrite")
         if isinstance(invert, str) and invert.lower() == "auto":
@@ -586,6 +598,23 @@ class TomogramSegmenter:
                     "dense bright: inverting" if inverted else "dense dark", *confidence)
         return inverted
 
+    def find_sample_extent(self, volume: np.ndarray, norm: RobustNormalizeIntensity, sign: np.float32,
+                           scale: Sequence[float], path: Path) -> tuple[int, int, int]:
+        """``(z0, z1, probes)``: the planes ``[z0, z1)`` that hold the sample (:mod:`.extent`), or the
+        whole depth when skipping is off or the inferer is not slice-wise."""
+        depth = volume.shape[0]
+        if self.sample_extent is None or not self.inferer.slice_wise:
+            return 0, depth, 0
+        context = min(depth, math.ceil(self.halo / scale[0]))
+
+        def foreground(z: int) -> float:
+            lo, hi = max(0, z - context), min(depth, z + context + 1)
+            block = sign * norm(np.asarray(volume[lo:hi], dtype=np.float32), name=str(path))
+            labels = self._labels(self.predict(block, scale, keep=(z - lo, z - lo + 1))[:, 0])
+            return float((labels != 0).float().mean())
+
+        return self.sample_extent.find(depth, foreground, scale[0])
+
     def output_paths(self, path: str | os.PathLike, output_dir: str | os.PathLike) -> dict[str, Path]:
         """``{"seg": ..., ["probs": ..., "uncertainty": ...]}`` for one input."""
         stem = Path(output_dir) / output_stem(path)
@@ -662,7 +691,11 @@ class TomogramSegmenter:
         depth, ny, nx = volume.shape
         c = self.num_classes
         halo = min(depth, math.ceil(self.halo / scale[0]))  # in input slices
-        slab = self.inferer.slab_depth(depth, self.slab_size)
+        z0, z1, probes = self.find_sample_extent(volume, norm, sign, scale, path)
+        if (z0, z1) != (0, depth):
+            logger.info("%s: sample in planes %d-%d of %d (%d probed); the other %d labelled background",
+                        path, z0, z1 - 1, depth, probes, depth - (z1 - z0))
+        slab = self.inferer.slab_depth(z1 - z0, self.slab_size)
         counts = np.zeros(c, dtype=np.int64)
         entropy = np.zeros(1, dtype=np.float64)  # running sum of the normalised entropy
 
@@ -691,8 +724,11 @@ class TomogramSegmenter:
             # running blend of overlapping slab predictions: planes [acc_start, acc_start + len)
             acc_num = torch.zeros((c, 0, ny, nx))
             acc_den = torch.zeros(0)
-            acc_start = 0
-            ranges = list(_slab_ranges(depth, slab, halo))
+            acc_start = z0
+            self._write_background([*range(z0), *range(z1, depth)], seg_mm, probs_mm, unc_mm, counts)
+            if bar is not None:
+                bar.update(depth - (z1 - z0))
+            ranges = list(_slab_ranges(depth, slab, halo, z0, z1))
             for i, (start, stop, lo, hi) in enumerate(ranges):
                 block = sign * norm(np.asarray(volume[lo:hi], dtype=np.float32), name=str(path))
                 release_pages(volume[lo:hi])
@@ -716,7 +752,7 @@ class TomogramSegmenter:
                     acc_den = torch.cat([acc_den, torch.zeros(grow)])
                 acc_num[:, lo - acc_start : hi - acc_start] += probs * w[None, :, None, None]
                 acc_den[lo - acc_start : hi - acc_start] += w
-                done = ranges[i + 1][2] if i + 1 < len(ranges) else depth  # next slab starts predicting here
+                done = ranges[i + 1][2] if i + 1 < len(ranges) else z1  # next slab starts predicting here
                 n = done - acc_start
                 if n > 0:
                     final = acc_num[:, :n] / acc_den[:n, None, None]
@@ -744,6 +780,8 @@ class TomogramSegmenter:
             "inverted": bool(invert),
             "polarity": "auto" if self.invert is None else "given",
             "seconds": seconds,
+            "sample_extent": [z0, z1],
+            "skipped_planes": depth - (z1 - z0),
             "class_fractions": fractions,
             "mean_uncertainty": float(entropy[0]) / total,
         }
@@ -777,8 +815,7 @@ class TomogramSegmenter:
         adds the label counts to ``counts`` and the normalised entropy to ``entropy_sum[0]``."""
         for j in range(probs.shape[1]):  # plane by plane: temporaries stay small
             z, p = z0 + j, probs[:, j]
-            weighted = p if self.class_gains is None else p * self.class_gains
-            seg = weighted.argmax(0).to(torch.uint8).numpy()
+            seg = self._labels(p).to(torch.uint8).numpy()
             seg_mm[z] = seg
             release_pages(seg_mm[z])
             counts += np.bincount(seg.ravel(), minlength=self.num_classes)[: self.num_classes]
@@ -790,6 +827,26 @@ class TomogramSegmenter:
             entropy_sum[0] += float(entropy.sum())
             if unc_mm is not None:  # -p log p, 0 at p=0
                 unc_mm[z] = entropy.to(torch.float16).numpy()
+                release_pages(unc_mm[z])
+
+    def _labels(self, probs: torch.Tensor) -> torch.Tensor:
+        """Labels ``(Y, X)`` of one plane's probabilities ``(C, Y, X)``: argmax after the class gains."""
+        return (probs if self.class_gains is None else probs * self.class_gains).argmax(0)
+
+    def _write_background(self, planes: Sequence[int], seg_mm: np.ndarray, probs_mm: np.ndarray | None,
+                          unc_mm: np.ndarray | None, counts: np.ndarray) -> None:
+        """Label ``planes`` (outside the sample) background: probability 1, uncertainty 0."""
+        for z in planes:
+            seg_mm[z] = 0
+            release_pages(seg_mm[z])
+            counts[0] += seg_mm[z].size
+            if probs_mm is not None:
+                probs_mm[:, z] = 0
+                probs_mm[0, z] = 1
+                for c in range(probs_mm.shape[0]):
+                    release_pages(probs_mm[c, z])
+            if unc_mm is not None:
+                unc_mm[z] = 0
                 release_pages(unc_mm[z])
 
     # ------------------------------------------------------------------ many files
@@ -856,7 +913,10 @@ class TomogramSegmenter:
             return f"{result['input']}: output exists, skipped"
         z, y, x = result["shape"]
         fractions = ", ".join(f"{k} {v:.2%}" for k, v in result["class_fractions"].items())
+        skipped = result.get("skipped_planes", 0)
+        z0, z1 = result.get("sample_extent", (0, z))
+        extent = f", sample in planes {z0}-{z1 - 1}" if skipped else ""
         return (
             f"{Path(result['input']).name}: {z}x{y}x{x} in {result['seconds']:.1f} s "
-            f"({z / max(result['seconds'], 1e-9):.2f} slices/s) -> {result['seg']} | {fractions}"
+            f"({z / max(result['seconds'], 1e-9):.2f} slices/s{extent}) -> {result['seg']} | {fractions}"
         )
