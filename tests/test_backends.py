@@ -94,7 +94,12 @@ def _int8_folder(tmp_path: Path) -> tuple[PaperUNet, Path]:
 
 def test_int8_model_runs_close_to_fp32_and_is_tied_to_its_weights(tmp_path: Path) -> None:
     from cryoet_monai.inference.backends import default_backend
-    from cryoet_monai.inference.quantize import int8_paths, read_int8_record, weights_sha256
+    from cryoet_monai.inference.quantize import (
+        int8_paths,
+        read_int8_record,
+        update_int8_record,
+        weights_sha256,
+    )
 
     net, model_path = _int8_folder(tmp_path)
     xml, record = int8_paths(model_path)
@@ -109,6 +114,13 @@ def test_int8_model_runs_close_to_fp32_and_is_tied_to_its_weights(tmp_path: Path
     assert out.shape == ref.shape and out.dtype == torch.float32
     # int8 weights and activations: close to the float logits, not equal
     assert 0 < float((out - ref).abs().mean()) < 0.1 * float(ref.abs().mean())
+    assert default_backend(torch.device("cpu"), model_path) == "openvino-int8"
+    # a measured agreement below the backend rule's 99.5 %: refused, auto takes the float path
+    update_int8_record(model_path, labels_equal_to_torch_fp32=0.9889)
+    assert default_backend(torch.device("cpu"), model_path) == "openvino"
+    with pytest.raises(BackendError, match=r"keeps only 98\.89 % of torch fp32's labels"):
+        make_backend("openvino-int8", net, model_path=model_path)
+    update_int8_record(model_path, labels_equal_to_torch_fp32=0.9969)
     assert default_backend(torch.device("cpu"), model_path) == "openvino-int8"
     # other weights under the same name: the int8 model is refused, and auto falls back to the float path
     torch.save(_net().half().state_dict(), model_path)

@@ -145,9 +145,14 @@ def update_int8_record(model_path: str | Path, **fields: Any) -> None:
     write_json_atomic(int8_paths(model_path)[1], {**(read_int8_record(model_path) or {}), **fields})
 
 
+#: least fraction of labels equal to torch fp32's for an int8 model to be used (the backend rule)
+MIN_LABEL_AGREEMENT = 0.995
+
+
 def int8_model_problem(model_path: str | Path) -> str | None:
-    """Why the int8 model beside the weights ``model_path`` cannot be used (missing, or made from other
-    weights: the record's SHA-256 differs), or None when it can."""
+    """Why the int8 model beside the weights ``model_path`` cannot be used (missing, made from other
+    weights: the record's SHA-256 differs, or its measured label agreement with torch fp32 is below
+    :data:`MIN_LABEL_AGREEMENT`), or None when it can."""
     xml, _ = int8_paths(model_path)
     record = read_int8_record(model_path)
     if record is None or not xml.is_file():
@@ -156,4 +161,8 @@ def int8_model_problem(model_path: str | Path) -> str | None:
     if record.get("weights_sha256") != weights_sha256(model_path):
         return (f"{xml} was made from other weights than {model_path}; "
                 "quantise again (scripts/quantize_model.py)")
+    agreement = record.get("labels_equal_to_torch_fp32")
+    if agreement is not None and agreement < MIN_LABEL_AGREEMENT:
+        return (f"{xml} keeps only {100 * agreement:.2f} % of torch fp32's labels (< "
+                f"{100 * MIN_LABEL_AGREEMENT:.1f} %); quantise with more convolutions in float")
     return None
