@@ -114,12 +114,6 @@ def _unpainted_f1(seg_path: Path, label: np.ndarray) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "known regression with the generator-v4 shipped model: it already scores 0.31 here (the v3 model "
-    "0.12). Re-estimating the batch norms on the tomogram raises the held-back F1 from 0.119 to 0.162 "
-    "(and cuts the absent carbon class from 48 % to 1.6 % of the voxels), but 2 minutes of training "
-    "never beat that (lr 1e-4, 3e-4 and 1e-3 tried) and the unpainted F1 ends at 0.29; strict, so a fix "
-    "shows up as a failure to remove this mark"))
 def test_finetuning_beats_the_shipped_model_on_a_shifted_style(tmp_path: Path):
     from cryoet_monai.data.synthetic import generate_tomogram
 
