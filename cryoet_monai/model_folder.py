@@ -17,15 +17,36 @@ from typing import Any
 
 from cryoet_monai.io.atomic import write_json_atomic
 
-__all__ = ["inferer_config", "network_definition", "write_model_configs"]
+__all__ = ["inferer_config", "network_definition", "warm_start", "write_model_configs"]
 
 logger = logging.getLogger(__name__)
 
 # the config inferer of each kind of network (spatial dims); 2-D: k slices as channels, k = in_channels
-_SLICES = {"_target_": "cryoet_monai.inference.SliceStackInferer", "context": "@network_def#in_channels"}
+_SLICES = {"_target_": "cryoet_monai.inference.SliceStackInferer", "context": "@network_def#in_channels",
+           "plane_stride": "@plane_stride"}
 _WINDOWS = {"_target_": "cryoet_monai.inference.WindowInferer3D"}
 #: inference window of a 3-D model folder when neither the bundle nor the caller gives a 3-D one
 DEFAULT_ROI_3D = [32, 128, 128]
+
+
+def warm_start(network: Any, weights: str | os.PathLike | None) -> Any:
+    """``network`` with the weights of ``weights`` (a ``model.pt`` state dict or a model folder) loaded;
+    unchanged when ``weights`` is ``None``. For training runs that continue from a shipped model.
+
+    The checks and one-line errors are the segmenter's (a missing file, a corrupt one, widths that
+    do not fit the configured ``network_def``). A run that resumes from its own checkpoint
+    (``train#resume``) overwrites these weights with the checkpoint's, as it should.
+    """
+    if weights is None:
+        return network
+    from cryoet_monai.inference.engine import TomogramSegmenter
+
+    path = Path(weights)
+    if path.is_dir():
+        path = path / "models" / "model.pt"
+    TomogramSegmenter.load_weights(network, path)
+    logger.info("initial weights from %s", path)
+    return network
 
 
 def network_definition(network: Any) -> dict[str, Any]:

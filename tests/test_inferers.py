@@ -138,3 +138,58 @@ def test_model_folders_name_the_inferer_of_their_kind(tmp_path: Path, repo_root:
     if spatial_dims == 3:  # no 3-D roi given: the folder still gets a 3-D window
         write_model_configs(folder, net, repo_root / "configs" / "inference.json")
         assert json.loads((folder / "configs" / "inference.json").read_text())["roi_size"] == DEFAULT_ROI_3D
+
+
+class PlaneCounter(torch.nn.Module):
+    """A 2.5-D stand-in network that records how many planes it was asked for: class scores that vary
+    with the input, so interpolated planes differ from predicted ones."""
+
+    def __init__(self, context: int) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(context, 6, 3, padding=1)
+        self.in_channels, self.spatial_dims, self.planes = context, 2, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.planes += x.shape[0]
+        return self.conv(x)
+
+
+def test_plane_stride_predicts_every_sth_plane_and_interpolates_the_others() -> None:
+    """plane_stride s: the network sees planes 0, s, 2s, ... and the last of a block; the planes between
+    are the linear blend of their neighbours (still distributions), the predicted ones unchanged."""
+    torch.manual_seed(0)
+    net = PlaneCounter(5).eval()
+    block = torch.randn(1, 1, 9, 16, 16)
+    softmax = lambda x: torch.softmax(net(x), 1)  # noqa: E731 - the window predictor's contract
+    every = SliceStackInferer(5)(block, softmax)
+    assert net.planes == 9
+    net.planes = 0
+    strided = SliceStackInferer(5, plane_stride=3)(block, softmax)
+    assert net.planes == 4  # planes 0, 3, 6, 8
+    assert strided.shape == every.shape
+    for z in (0, 3, 6, 8):
+        torch.testing.assert_close(strided[:, :, z], every[:, :, z])
+    torch.testing.assert_close(strided[:, :, 4], every[:, :, 3] * 2 / 3 + every[:, :, 6] / 3)
+    torch.testing.assert_close(strided[:, :, 7], (every[:, :, 6] + every[:, :, 8]) / 2)
+    torch.testing.assert_close(strided.sum(1), torch.ones(1, 9, 16, 16))
+    assert not torch.allclose(strided[:, :, 4], every[:, :, 4])  # really interpolated
+    # only the planes kept are predicted; one plane alone is predicted as it is
+    net.planes = 0
+    kept = SliceStackInferer(5, plane_stride=2)(block, softmax, planes=(2, 7))
+    assert kept.shape[2] == 5 and net.planes == 3  # planes 2, 4, 6
+    torch.testing.assert_close(kept[:, :, 2], every[:, :, 4])
+    torch.testing.assert_close(SliceStackInferer(5, plane_stride=2)(block, softmax, planes=(5, 6)),
+                               every[:, :, 5:6])
+    # slabs of m * s + 1 planes: both ends predicted, no plane predicted twice
+    assert SliceStackInferer(5, plane_stride=2).slab_depth(184, 16) == 17
+    assert SliceStackInferer(5, plane_stride=1).slab_depth(184, 16) == 16
+    with pytest.raises(ValueError, match="plane_stride must be >= 1"):
+        SliceInferer2D(plane_stride=0)
+
+
+def test_plane_stride_from_the_command_line_options() -> None:
+    """``segment --plane-stride S`` reaches the bundle's inferer (default 2, every other plane)."""
+    parser = build_segmenter(None, plane_stride=3, progress=False, invert="no", backend="torch")
+    segmenter = parser.get_parsed_content("segmenter")
+    assert segmenter.inferer.plane_stride == 3 and "plane_stride=3" in repr(segmenter.inferer)
+    assert build_segmenter(None, progress=False).get_parsed_content("segmenter").inferer.plane_stride == 2

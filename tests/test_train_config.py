@@ -141,7 +141,8 @@ def test_config_defaults_and_overlays():
         assert net(torch.zeros(1, 1, 16, 16, 16)).shape == (1, 6, 16, 16, 16)
 
 
-@pytest.mark.parametrize("overlay", ["quick.json", "train_3d.json", "multi_gpu_train.json"])
+@pytest.mark.parametrize("overlay", ["quick.json", "train_3d.json", "multi_gpu_train.json",
+                                     "warm_start.json"])
 def test_overlays_only_touch_known_ids(overlay):
     """Every nested key an overlay sets must exist in train.json (a typo would silently add a new key)."""
     base = _merged("train.json")
@@ -153,3 +154,39 @@ def test_overlays_only_touch_known_ids(overlay):
             continue
         parent = key.rsplit("#", 1)[0] if "#" in key else None
         assert key in base or (parent is not None and parent in base), f"{overlay}: unknown id {key!r}"
+
+
+def test_warm_start_loads_the_initial_weights(tmp_path):
+    """``initial_weights`` (warm_start.json: the shipped model) initialises the network; a file that
+    does not fit the network is a one-line error naming it."""
+    from cryoet_monai.inference import InferenceError
+
+    torch.manual_seed(3)
+    source = PaperUNet(2, 1, 6, features=[4, 8, 16, 32, 64])
+    (tmp_path / "models").mkdir()
+    torch.save(source.state_dict(), tmp_path / "models" / "model.pt")
+    parser = _merged("train.json", "quick.json")
+    parser["network_def"]["features"] = [4, 8, 16, 32, 64]
+    parser["initial_weights"] = str(tmp_path)  # a model folder: its models/model.pt
+    parser["device"] = "$torch.device('cpu')"
+    network = parser.get_parsed_content("network")
+    for key, value in source.state_dict().items():
+        assert torch.equal(network.state_dict()[key], value), key
+    fresh = _merged("train.json", "quick.json")
+    fresh["network_def"]["features"] = [4, 8, 16, 32, 64]
+    fresh["device"] = "$torch.device('cpu')"
+    assert fresh["initial_weights"] is None
+    first = next(iter(source.state_dict()))
+    fresh_weights = fresh.get_parsed_content("network").state_dict()[first]
+    assert not torch.equal(fresh_weights, source.state_dict()[first])
+    wrong = _merged("train.json", "quick.json")  # width 16: the 4-wide weights do not fit
+    wrong["initial_weights"] = str(tmp_path / "models" / "model.pt")
+    wrong["device"] = "$torch.device('cpu')"
+    with pytest.raises(Exception) as info:
+        wrong.get_parsed_content("network")
+    cause = info.value
+    while cause.__cause__ is not None and not isinstance(cause, InferenceError):
+        cause = cause.__cause__
+    assert isinstance(cause, InferenceError) and "model.pt: the checkpoint does not fit" in str(cause)
+    overlay = json.loads((CONFIGS / "warm_start.json").read_text())
+    assert overlay["initial_weights"].endswith("'/models/model.pt'")

@@ -164,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
         "roi_size": args.roi_size,
         "overlap": args.overlap,
         "slab_size": args.slab_size,
+        "plane_stride": args.plane_stride,
         "min_component_size": args.min_size,
         "invert": args.invert,
         "output_format": args.format,
@@ -263,6 +264,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     p.add_argument("--overlap", type=_overlap, help="sliding-window overlap, 0 <= overlap < 1")
     p.add_argument("--slab-size", type=_int_range(1), help="z-slices read and predicted at a time")
+    p.add_argument("--plane-stride", type=_int_range(1), metavar="S",
+                   help="2-D / 2.5-D models: run the network on every S-th plane and interpolate the "
+                   "probabilities between (about 1/S of the compute; default: the config's, 2; "
+                   "1 = every plane)")
     p.add_argument(
         "--min-size", type=_int_range(0), help="drop connected components smaller than this (voxels)"
     )

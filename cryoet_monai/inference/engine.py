@@ -5,7 +5,8 @@ For each tomogram it
 
 1. memory-maps the MRC file (:func:`cryoet_monai.io.mrc.read_mrc`) and computes the intensity
    normalisation statistics once, on a subsample of the whole volume;
-2. walks over z-slabs: reads and normalises one slab, optionally resamples it to the model's voxel
+2. walks over z-slabs (the next one read and normalised in a worker thread while the current one is
+   predicted): optionally resamples a slab to the model's voxel
    size, runs the segmenter's inferer over it (:mod:`cryoet_monai.inference.inferers`: MONAI's
    ``SliceInferer`` over every slice for 2-D and 2.5-D models, ``SlidingWindowInferer`` for 3-D models;
    the inferer says how many halo planes a slab needs and whether they are blended between neighbouring
@@ -24,7 +25,8 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -188,6 +190,22 @@ def _slab_ranges(depth: int, slab: int, halo: int, z0: int = 0, z1: int | None =
     for start in range(z0, z1, slab):
         stop = min(start + slab, z1)
         yield start, stop, max(0, start - halo), min(depth, stop + halo)
+
+
+def _prefetched(load: Callable[[int, int], np.ndarray], ranges: Sequence[tuple[int, int, int, int]]
+                ) -> Iterator[np.ndarray]:
+    """``load(lo, hi)`` of each slab of ``ranges``, the next one read and normalised in a worker thread
+    while the caller predicts the current one (reading a cold file and normalising release the GIL).
+    At most two slabs are held; an error in a read is raised where its slab is taken."""
+    if not ranges:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="slab-reader") as pool:
+        pending = pool.submit(load, ranges[0][2], ranges[0][3])
+        for _, _, lo, hi in ranges[1:]:
+            block = pending.result()
+            pending = pool.submit(load, lo, hi)
+            yield block
+        yield pending.result()
 
 
 def _halo_weights(start: int, stop: int, lo: int, hi: int) -> torch.Tensor:
@@ -610,6 +628,7 @@ class TomogramSegmenter:
         def foreground(z: int) -> float:
             lo, hi = max(0, z - context), min(depth, z + context + 1)
             block = sign * norm(np.asarray(volume[lo:hi], dtype=np.float32), name=str(path))
+            release_pages(volume[lo:hi])
             labels = self._labels(self.predict(block, scale, keep=(z - lo, z - lo + 1))[:, 0])
             return float((labels != 0).float().mean())
 
@@ -729,9 +748,13 @@ class TomogramSegmenter:
             if bar is not None:
                 bar.update(depth - (z1 - z0))
             ranges = list(_slab_ranges(depth, slab, halo, z0, z1))
-            for i, (start, stop, lo, hi) in enumerate(ranges):
+
+            def load(lo: int, hi: int) -> np.ndarray:
                 block = sign * norm(np.asarray(volume[lo:hi], dtype=np.float32), name=str(path))
                 release_pages(volume[lo:hi])
+                return block
+
+            for i, ((start, stop, lo, hi), block) in enumerate(zip(ranges, _prefetched(load, ranges))):
                 if self.inferer.slice_wise:
                     # 2-D/2.5-D: the halo is context only, every core plane sees all its neighbours
                     probs = self.predict(block, scale, keep=(start - lo, stop - lo))
@@ -831,7 +854,9 @@ class TomogramSegmenter:
 
     def _labels(self, probs: torch.Tensor) -> torch.Tensor:
         """Labels ``(Y, X)`` of one plane's probabilities ``(C, Y, X)``: argmax after the class gains."""
-        return (probs if self.class_gains is None else probs * self.class_gains).argmax(0)
+        # max(0).indices, not argmax(0): on a plane view of a (C, n, Y, X) slab (channel stride
+        # n*Y*X) argmax takes 10x longer (42 against 4 ms per 630² plane); same first-maximum ties
+        return (probs if self.class_gains is None else probs * self.class_gains).max(0).indices
 
     def _write_background(self, planes: Sequence[int], seg_mm: np.ndarray, probs_mm: np.ndarray | None,
                           unc_mm: np.ndarray | None, counts: np.ndarray) -> None:

@@ -33,7 +33,9 @@ __all__ = [
     "TomogramInferer",
     "WindowInferer3D",
     "default_inferer",
+    "interpolate_planes",
     "network_kind",
+    "strided_planes",
 ]
 
 
@@ -76,6 +78,9 @@ class TomogramInferer(Inferer):
     spatial_dims: int = 0
     #: slices a network input holds as channels (2.5-D) -- 1 otherwise
     context: int = 1
+    #: slice-wise inferers: predict every ``plane_stride``-th plane of a block (and its last one) and
+    #: interpolate the probabilities of the planes between linearly (1: every plane)
+    plane_stride: int = 1
     #: True: every output plane depends only on its own (prepared) input plane, so the halo planes of a
     #: block are context only and a block can be cut to the planes wanted before inference. False: the
     #: halo planes are predicted too and blended between neighbouring slabs.
@@ -181,28 +186,73 @@ class TomogramInferer(Inferer):
         x = self.prepare(inputs)
         if planes is not None and self.slice_wise:  # the context is in the channels now
             x, planes = x[:, :, planes[0] : planes[1]], None
+        predicted = strided_planes(x.shape[2], self.plane_stride) if self.slice_wise else None
+        if predicted is not None:
+            x = x[:, :, predicted]
         sw_device = self.sw_device or torch.device(getattr(network, "device", x.device))
         window = self.window(x.shape[2:])
         probs = self.sliding_window(window, self.batch_size(window, sw_device), sw_device)(x, network)
         probs = torch.as_tensor(probs)
+        if predicted is not None:
+            probs = interpolate_planes(probs, predicted)
         return probs if planes is None else probs[:, :, planes[0] : planes[1]]
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(roi_size={self.roi_size}, overlap={self.overlap}, "
-            f"sw_batch_size={self.sw_batch_size}, mode={self.mode!r}, context={self.context})"
+            f"sw_batch_size={self.sw_batch_size}, mode={self.mode!r}, context={self.context}"
+            + (f", plane_stride={self.plane_stride})" if self.plane_stride > 1 else ")")
         )
+
+
+def strided_planes(depth: int, stride: int) -> list[int] | None:
+    """Planes ``0, s, 2s, ...`` and the last of a block of ``depth`` planes; ``None`` when that is all."""
+    if stride <= 1 or depth <= 2:
+        return None
+    planes = list(range(0, depth, stride))
+    if planes[-1] != depth - 1:
+        planes.append(depth - 1)
+    return planes
+
+
+def interpolate_planes(probs: torch.Tensor, planes: Sequence[int]) -> torch.Tensor:
+    """Probabilities ``(B, C, planes[-1] + 1, *S)`` from those of ``planes`` ``(B, C, len(planes), *S)``
+    (increasing, from 0): linear along z between predicted planes, so every plane still sums to one."""
+    b, c, _, *spatial = probs.shape
+    out = probs.new_empty((b, c, planes[-1] + 1, *spatial))
+    for i, (lo, hi) in enumerate(zip(planes[:-1], planes[1:])):
+        out[:, :, lo] = probs[:, :, i]
+        for z in range(lo + 1, hi):
+            out[:, :, z] = torch.lerp(probs[:, :, i], probs[:, :, i + 1], (z - lo) / (hi - lo))
+    out[:, :, planes[-1]] = probs[:, :, -1]
+    return out
 
 
 class SliceInferer2D(TomogramInferer):
     """A 2-D network over every ``(Y, X)`` slice of the block (MONAI ``SliceInferer`` along z): windows
     of ``roi_size`` (``(-1, -1)`` = whole slices), several slices or windows per forward pass. No halo.
-    Arguments: :class:`TomogramInferer`."""
+
+    Args:
+        plane_stride: predict every ``s``-th plane (and the last) of a block and interpolate the
+            probabilities between linearly: about ``1/s`` of the compute. Features smear along z over
+            several planes (missing wedge), so ``2`` costs little accuracy; measured in docs/inference.md.
+        kwargs: :class:`TomogramInferer`.
+    """
 
     spatial_dims = 2
 
-    def __init__(self, roi_size: Sequence[int] | int = (-1, -1), **kwargs: Any) -> None:
+    def __init__(
+        self, roi_size: Sequence[int] | int = (-1, -1), plane_stride: int = 1, **kwargs: Any
+    ) -> None:
         super().__init__(roi_size, **kwargs)
+        if int(plane_stride) < 1:
+            raise ValueError(f"plane_stride must be >= 1, got {plane_stride!r}.")
+        self.plane_stride = int(plane_stride)
+
+    def slab_depth(self, depth: int, slab_size: int) -> int:
+        # a slab of m * s + 1 planes predicts every s-th plane with both ends exact, none twice
+        s = self.plane_stride
+        return slab_size if s == 1 else max(1, round((slab_size - 1) / s)) * s + 1
 
     @property
     def halo(self) -> int:
@@ -234,8 +284,9 @@ class SliceStackInferer(SliceInferer2D):
         kwargs: :class:`TomogramInferer`.
     """
 
-    def __init__(self, context: int = 5, roi_size: Sequence[int] | int = (-1, -1), **kwargs: Any) -> None:
-        super().__init__(roi_size, **kwargs)
+    def __init__(self, context: int = 5, roi_size: Sequence[int] | int = (-1, -1), plane_stride: int = 1,
+                 **kwargs: Any) -> None:
+        super().__init__(roi_size, plane_stride, **kwargs)
         self.stack_slices = StackSlices(int(context))  # refuses an even k
         self.context = int(context)
 
