@@ -8,8 +8,9 @@ so "end to end" includes start-up, reading and writing) and reports wall seconds
 * ours with each backend: torch eager (autocast per the precision rule), torch fp32, ONNX Runtime
   (fp32), OpenVINO (its default precision: bf16 where the CPU has it natively), OpenVINO int8 (the
   shipped ``models/model_int8.xml``, made by ``scripts/quantize_model.py``); every row skips the
-  planes outside the sample (the default), and one more int8 row segments every plane
-  (``--all-planes``) to measure what the skip saves and changes;
+  planes outside the sample and runs the network on every 2nd plane (the defaults); two more int8
+  rows segment every plane (``--all-planes``) and run the network on every plane
+  (``--plane-stride 1``) to measure what each saves and changes;
 * baselines with the same weights: the seed paper's way (fp32 eager, one forward per slice, plain
   argmax) and MONAI's stock ``SliceInferer`` (fp32, whole slices, default batch);
 * label agreement of each backend with torch fp32 (the reference), the fp32 and bf16 GEMM peaks of
@@ -155,7 +156,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=630)
     p.add_argument("--voxel-size", type=float, default=10.0)
     p.add_argument("--skip", nargs="*", default=[], help="rows to leave out (torch, fp32, onnxruntime, "
-                   "openvino, openvino-int8, 'openvino-int8 --all-planes', seed, slice_inferer)")
+                   "openvino, openvino-int8, 'openvino-int8 --all-planes', 'openvino-int8 --plane-stride 1', "
+                   "seed, slice_inferer)")
     p.add_argument("--max-isa", choices=["AVX2"], help="emulate a CPU with at most this ISA (see above)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args()
@@ -185,7 +187,8 @@ def main() -> None:
     pipeline = {"fp32": ["--backend", "torch", "--precision", "fp32"], "torch": ["--backend", "torch"],
                 "onnxruntime": ["--backend", "onnxruntime"], "openvino": ["--backend", "openvino"],
                 "openvino-int8": ["--backend", "openvino-int8"],
-                "openvino-int8 --all-planes": ["--backend", "openvino-int8", "--all-planes"]}
+                "openvino-int8 --all-planes": ["--backend", "openvino-int8", "--all-planes"],
+                "openvino-int8 --plane-stride 1": ["--backend", "openvino-int8", "--plane-stride", "1"]}
     for name, extra in pipeline.items():
         if name in args.skip:
             continue
@@ -231,6 +234,14 @@ def main() -> None:
         print(f"\nsample extent: {extent}; {rows[both[0]]['seconds']:.1f} s against "
               f"{rows[both[1]]['seconds']:.1f} s for every plane, labels equal on {100 * equal:.2f} %")
         report["sample_extent"] = {"found": extent, "labels_equal": equal}
+    both = ("openvino-int8", "openvino-int8 --plane-stride 1")
+    if all(name in rows for name in both):
+        strided, every = (np.asarray(read_mrc(rows[name]["labels"])[0]) for name in both)
+        equal = float((strided == every).mean())
+        print(f"\nplane stride: {rows[both[0]]['seconds']:.1f} s with the network on every 2nd plane "
+              f"(the default) against {rows[both[1]]['seconds']:.1f} s on every plane, labels equal on "
+              f"{100 * equal:.2f} %")
+        report["plane_stride"] = {"labels_equal": equal}
     if "torch" in rows:
         rate = flops / rows["torch"]["seconds"]
         print(f"\ntorch row: {rate / 1e12:.2f} TFLOP/s end to end = {100 * rate / peaks['bf16']:.0f} % of "
