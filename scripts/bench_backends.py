@@ -136,18 +136,28 @@ def gemm_peaks(n: int = 2048, reps: int = 5) -> dict[str, float]:
     return out
 
 
-def network_flops(depth: int, ny: int, nx: int) -> float:
-    """Forward FLOPs of the shipped network over ``depth`` whole slices (padded to 16)."""
+def network_flops(depth: int, ny: int, nx: int) -> tuple[float, int]:
+    """``(FLOPs, planes)``: forward FLOPs of the shipped network over the planes its default inferer
+    runs it on in a tomogram of ``depth`` whole slices (padded to 16), and how many planes that is
+    (every 2nd with ``plane_stride`` 2)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from cryoet_monai.inference.cli import build_segmenter
+    from cryoet_monai.inference.inferers import strided_planes
 
-    net = build_segmenter(None).get_parsed_content("network_def").to("meta")
+    parser = build_segmenter(None)
+    net = parser.get_parsed_content("network_def").to("meta")
+    inferer = parser.get_parsed_content("inferer")
+    slab = inferer.slab_depth(depth, int(parser.get_parsed_content("slab_size")))
+    planes = 0
+    for start in range(0, depth, slab):
+        n = min(slab, depth - start)
+        planes += len(strided_planes(n, inferer.plane_stride) or range(n))
     py, px = ny + (-ny) % 16, nx + (-nx) % 16
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         net(torch.zeros(1, net.in_channels, py, px, device="meta"))
-    return float(counter.get_total_flops()) * depth
+    return float(counter.get_total_flops()) * planes, planes
 
 
 def main() -> None:
@@ -206,11 +216,12 @@ def main() -> None:
         print(f"{name}: {rows[name]['seconds']:.1f} s", flush=True)
     reference = np.asarray(read_mrc(rows["fp32"]["labels"])[0]) if "fp32" in rows else None
     peaks = gemm_peaks()
-    flops = network_flops(args.depth, args.size, args.size)
+    flops, planes = network_flops(args.depth, args.size, args.size)
     report = {"cpu": cpu, "shape": [args.depth, args.size, args.size], "gemm_peak_tflops":
-              {k: v / 1e12 for k, v in peaks.items()}, "network_tflop": flops / 1e12, "rows": {}}
+              {k: v / 1e12 for k, v in peaks.items()}, "network_tflop": flops / 1e12,
+              "network_planes": planes, "rows": {}}
     print(f"\nGEMM peak: fp32 {peaks['fp32'] / 1e12:.2f} TFLOP/s, bf16 {peaks['bf16'] / 1e12:.2f} TFLOP/s; "
-          f"network {flops / 1e12:.2f} TFLOP per tomogram\n")
+          f"network {flops / 1e12:.2f} TFLOP per tomogram (on {planes} of {args.depth} planes)\n")
     print("| row | s per tomogram (end to end) | vs seed way | peak RSS GiB | labels = torch fp32 |")
     print("|---|---|---|---|---|")
     seed_s = rows.get("seed", {}).get("seconds")

@@ -164,8 +164,8 @@ def has_int8_model(model_path: str | Path | None) -> bool:
 def default_backend(device: torch.device, model_path: str | Path | None = None) -> str:
     """The fastest backend that keeps torch fp32's labels (>= 99.5 % of the voxels), as measured by
     ``scripts/bench_backends.py``: on the CPU with OpenVINO installed, its int8 model when one made
-    from these weights lies beside them (typical tomogram 54.0 s, 99.91 % of the labels), else
-    OpenVINO's float path (64.9 s, 99.96 %); torch elsewhere (72.7 s). Figures: docs/inference.md."""
+    from these weights lies beside them (typical tomogram 36.6 s, 99.91 % of the labels), else
+    OpenVINO's float path (43.7 s, 99.96 %); torch elsewhere (59.2 s). Figures: docs/inference.md."""
     if device.type != "cpu":
         return "torch"
     import importlib.util
