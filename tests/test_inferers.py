@@ -188,7 +188,15 @@ def test_plane_stride_predicts_every_sth_plane_and_interpolates_the_others() -> 
 
 
 def test_plane_stride_from_the_command_line_options() -> None:
-    """``segment --plane-stride S`` reaches the bundle's inferer (default 2, every other plane)."""
+    """``segment --plane-stride S`` is parsed (S >= 1) and, as the ``plane_stride`` override ``segment``
+    passes on, reaches the bundle's inferer (default 2, every other plane)."""
+    from cryoet_monai.cli import build_parser
+
+    args = build_parser().parse_args(["segment", "t.mrc", "-o", "out", "--plane-stride", "3"])
+    assert args.plane_stride == 3
+    assert build_parser().parse_args(["segment", "t.mrc", "-o", "out"]).plane_stride is None
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["segment", "t.mrc", "-o", "out", "--plane-stride", "0"])
     parser = build_segmenter(None, plane_stride=3, progress=False, invert="no", backend="torch")
     segmenter = parser.get_parsed_content("segmenter")
     assert segmenter.inferer.plane_stride == 3 and "plane_stride=3" in repr(segmenter.inferer)
