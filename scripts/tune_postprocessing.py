@@ -7,8 +7,10 @@ Segments every validation tomogram once with the shipped model (probabilities ke
 post-processing), then chooses, by coordinate ascent on the mean foreground F1 pooled over the
 split, (1) one gain per class on the probabilities before the argmax (``class_gains``: a prior
 correction for classes the network under-calls, e.g. a single membrane taken for a double one)
-and (2) a minimum connected-component size per class (``min_component_size``). Prints the F1 of
-every step; ``--write-config`` stores both in the inference config.
+and (2) a minimum connected-component size per class (``min_component_size``), with the
+double-membrane partner rule (``double_membrane_max_gap``, a definition, not tuned) applied after
+both as the segmenter does. Prints the F1 of every step; ``--write-config`` stores both in the
+inference config.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 
 from cryoet_monai import CLASS_NAMES
 from cryoet_monai.inference.cli import build_segmenter
-from cryoet_monai.inference.postprocess import remove_small_components
+from cryoet_monai.inference.postprocess import relabel_unpaired_double_membranes, remove_small_components
 from cryoet_monai.io.mrc import read_mrc
 
 GAINS = (0.5, 0.7, 1.0, 1.4, 2.0, 3.0, 4.5)
@@ -50,24 +52,37 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=None, help="use only the first N validation tomograms")
     p.add_argument("--reuse", action="store_true", help="reuse probabilities already written in --out")
     p.add_argument("--z-stride", type=int, default=2, help="score the gains on every N-th slice (speed)")
+    p.add_argument("--double-membrane-max-gap", type=float, default=None,
+                   help="Å; default: the inference config's (0: the rule off)")
     args = p.parse_args()
     segmenter = build_segmenter(None, progress=False, min_component_size=0, class_gains=None,
                                 save_probs=True, invert="no").get_parsed_content("segmenter")
-    cases = []
+    max_gap = (segmenter.double_membrane_max_gap if args.double_membrane_max_gap is None
+               else args.double_membrane_max_gap or None)
+    double, single = CLASS_NAMES.index("double_membrane"), CLASS_NAMES.index("single_membrane")
     full = []
+    pixel_sizes = []
     for item in json.loads(args.datalist.read_text())["validation"][: args.limit]:
         probs_path = args.out / (Path(item["image"]).name.replace(".mrc", "_probs.mrc"))
         if not (args.reuse and probs_path.is_file()):
             probs_path = Path(segmenter.segment(args.datalist.parent / item["image"], args.out)["probs"])
         probs = torch.as_tensor(np.asarray(read_mrc(probs_path, mmap=False)[0], dtype=np.float32))
-        label = np.asarray(read_mrc(args.datalist.parent / item["label"], mmap=False)[0])
-        full.append((probs, label))
+        label, meta = read_mrc(args.datalist.parent / item["label"], mmap=False)
+        full.append((probs, np.asarray(label)))
+        pixel_sizes.append(min(meta["voxel_size"][1:]))
     k = max(1, args.z_stride)
     cases = [(probs[:, ::k].contiguous(), label[::k]) for probs, label in full]
 
-    def labels_for(gains: list[float]) -> list[np.ndarray]:
+    def partner_rule(preds: list[np.ndarray]) -> list[np.ndarray]:
+        if max_gap:
+            for pr, pixel in zip(preds, pixel_sizes):
+                relabel_unpaired_double_membranes(pr, pixel, double, single, max_gap=max_gap)
+        return preds
+
+    def labels_for(gains: list[float], rule: bool = True) -> list[np.ndarray]:
         g = torch.tensor(gains, dtype=torch.float32)[:, None, None, None]
-        return [(probs * g).argmax(0).to(torch.uint8).numpy() for probs, _ in cases]
+        preds = [(probs * g).argmax(0).to(torch.uint8).numpy() for probs, _ in cases]
+        return partner_rule(preds) if rule else preds
 
     def score(preds: list[np.ndarray]) -> tuple[float, np.ndarray]:
         return _mean_fg_f1(sum(_confusion(pr, lab) for pr, (_, lab) in zip(preds, cases)))
@@ -85,8 +100,8 @@ def main() -> None:
                     best, gains = s, trial
         print(f"gains {gains}: mean foreground F1 {best:.4f}")
     cases = full  # component sizes need whole volumes (connectivity along z)
-    preds = labels_for(gains)
-    best, _ = score(preds)
+    preds = labels_for(gains, rule=False)
+    best, _ = score(partner_rule([pr.copy() for pr in preds]))
     sizes = [0] * C
     for c in range(1, C):
         for size in SIZES[1:]:
@@ -95,13 +110,13 @@ def main() -> None:
             cleaned = [pr.copy() for pr in preds]
             for pr in cleaned:
                 remove_small_components(pr, trial, num_classes=C)
-            s, _ = score(cleaned)
+            s, _ = score(partner_rule(cleaned))
             if s > best + 1e-4:
                 best, sizes = s, trial
     final = [pr.copy() for pr in preds]
     for pr in final:
         remove_small_components(pr, sizes, num_classes=C)
-    best, per_class = score(final)
+    best, per_class = score(partner_rule(final))
     print(f"min_component_size {sizes}: mean foreground F1 {best:.4f}  "
           f"per class {np.round(per_class, 3).tolist()}")
     if args.write_config:

@@ -104,8 +104,9 @@ def test_bundle_run_subprocess(tmp_path: Path, repo_root: Path) -> None:
         "--config_file", "configs/inference.json",
         "--input", str(src.parent), "--output_dir", str(out), "--model_path", str(model),
         "--network_def#features", json.dumps(FEATURES), "--progress", "false", "--save_probs", "true",
-        # random weights: the shipped model's tuned post-processing does not belong to them
-        "--class_gains", "{}", "--min_component_size", "0",
+        # random weights: the shipped model's tuned post-processing does not belong to them; the
+        # double-membrane rule is off too, so that the labels are the probabilities' argmax
+        "--class_gains", "{}", "--min_component_size", "0", "--double_membrane_max_gap", "0",
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root, env=_env(repo_root))
     assert proc.returncode == 0, proc.stderr[-3000:]

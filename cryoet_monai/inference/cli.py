@@ -97,6 +97,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a length >= 0, got {text}")
+    return value
+
+
 def _overlap(text: str) -> float:
     value = float(text)
     if not 0.0 <= value < 1.0:
@@ -174,6 +181,8 @@ def run(args: argparse.Namespace) -> int:
     overrides.update({k: v for k, v in optional.items() if v is not None})
     if args.voxel_size is not None:
         overrides["voxel_size"] = args.voxel_size
+    if args.double_membrane_max_gap is not None:
+        overrides["double_membrane_max_gap"] = args.double_membrane_max_gap  # 0: off
     if args.tta_n is not None or args.tta is not None:
         overrides["tta"] = args.tta_n if args.tta_n is not None else args.tta
     for flag, key in (("probs", "save_probs"), ("uncertainty", "save_uncertainty"), ("compile", "compile"),
@@ -271,6 +280,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument(
         "--min-size", type=_int_range(0), help="drop connected components smaller than this (voxels)"
     )
+    p.add_argument("--double-membrane-max-gap", type=_non_negative, metavar="A",
+                   help="two bilayers closer than this (Å) are a double membrane; double-membrane voxels "
+                   "without such a partner become single membrane (default: the config's, 500; 0 = off)")
     p.add_argument(
         "--invert",
         choices=["auto", "yes", "no"],

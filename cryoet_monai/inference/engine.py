@@ -42,7 +42,7 @@ from cryoet_monai.data.datalist import read_datalist_json
 from cryoet_monai.inference.backends import default_backend, make_backend
 from cryoet_monai.inference.extent import SampleExtent
 from cryoet_monai.inference.inferers import TomogramInferer, default_inferer, network_kind
-from cryoet_monai.inference.postprocess import remove_small_components
+from cryoet_monai.inference.postprocess import relabel_unpaired_double_membranes, remove_small_components
 from cryoet_monai.inference.predictor import WindowPredictor, fold_batch_norm, resolve_autocast_dtype
 from cryoet_monai.inference.sinks import ArrayLabelSink, LabelSink, label_sink
 from cryoet_monai.io.mrc import (
@@ -264,6 +264,10 @@ class TomogramSegmenter:
             probabilities before the argmax (a prior correction, chosen on synthetic validation data by
             ``scripts/tune_postprocessing.py``); ``None`` = plain argmax. Written probabilities stay the
             network's.
+        double_membrane_max_gap: two bilayers closer than this (Å) are a double membrane, as the labels
+            define it: double-membrane voxels without a partner bilayer within it become single
+            membrane (:func:`~cryoet_monai.inference.postprocess.relabel_unpaired_double_membranes`,
+            in-plane, after the clean-up). ``None`` or 0 disables it; so does a model without both classes.
         normalizer: intensity normalisation (must match training); default ``RobustNormalizeIntensity()``.
         progress: show a progress bar with ETA.
         overwrite: replace existing outputs (else skip tomograms whose labels already exist).
@@ -321,6 +325,7 @@ class TomogramSegmenter:
         preview: bool | str = False,
         output_format: str = "mrc",
         class_gains: Sequence[float] | Mapping[str, float] | None = None,
+        double_membrane_max_gap: float | None = None,
         sink: LabelSink | None = None,
         backend: str = "torch",
         inferer: TomogramInferer | None = None,
@@ -408,6 +413,15 @@ class TomogramSegmenter:
             self.class_gains: torch.Tensor | None = torch.tensor(gains)[:, None, None]
         else:
             self.class_gains = None
+        self.membrane_labels: tuple[int, int] | None = None
+        gap = 0.0 if double_membrane_max_gap is None else float(double_membrane_max_gap)
+        if not (math.isfinite(gap) and gap >= 0):
+            raise ValueError(f"double_membrane_max_gap must be a length in Å (0 or null: off), "
+                             f"got {double_membrane_max_gap!r}.")
+        self.double_membrane_max_gap = gap or None
+        if self.double_membrane_max_gap is not None:
+            if "double_membrane" in names and "single_membrane" in names:
+                self.membrane_labels = (names.index("double_membrane"), names.index("single_membrane"))
         if not isinstance(sample_extent, SampleExtent):
             sample_extent = SampleExtent() if parse_bool(sample_extent, "sample_extent") else None
         self.sample_extent: SampleExtent | None = sample_extent
@@ -785,6 +799,12 @@ class TomogramSegmenter:
                     bar.update(stop - start)
             if self.min_component_size:
                 counts = remove_small_components(seg_mm, self.min_component_size, num_classes=c)
+            if self.membrane_labels is not None and self.double_membrane_max_gap is not None:
+                double, single = self.membrane_labels
+                moved = relabel_unpaired_double_membranes(
+                    seg_mm, min(voxel_size[1:]), double, single, max_gap=self.double_membrane_max_gap)
+                counts[double] -= moved
+                counts[single] += moved
         seconds = time.perf_counter() - t0
         total = max(1, int(counts.sum()))
         fractions = {name: float(counts[k]) / total for k, name in enumerate(CLASS_NAMES[:c])}
