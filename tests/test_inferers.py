@@ -103,7 +103,8 @@ def test_inference_config_runs_with_an_overridden_inferer(tmp_path: Path, tiny_b
     net = PaperUNet(2, SHIPPED_IN_CHANNELS, 6, features=FEATURES)
     inferer = SliceStackInferer(SHIPPED_IN_CHANNELS, roi_size=(16, 32), overlap=0.5, mode="constant")
     ref = TomogramSegmenter(net, model_path=tiny_bundle / "models" / "model.pt", inferer=inferer,
-                            model_voxel_size=10.0, progress=False, invert="no", slab_size=16)
+                            model_voxel_size=10.0, progress=False, invert="no", slab_size=16,
+                            double_membrane_max_gap=500.0)  # the config's post-processing
     assert np.array_equal(ref.segment_array(volume, 10.0)[0], labels)
 
     # a custom inferer object in place of the config's

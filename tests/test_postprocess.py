@@ -65,6 +65,11 @@ def test_a_single_membrane_partner_counts_and_other_labels_stay() -> None:
     np.testing.assert_array_equal(seg[:, 30:], before[:, 30:])
 
 
+def test_a_plane_full_of_double_membrane_keeps_it() -> None:
+    seg = np.full((2, 40, 40), DOUBLE, dtype=np.uint8)  # no background pixel to measure from
+    assert relabel_unpaired_double_membranes(seg, 10.0, DOUBLE, SINGLE) == 0 and (seg == DOUBLE).all()
+
+
 def test_streaming_over_slabs_equals_one_slab() -> None:
     rng = np.random.default_rng(0)
     seg = np.where(rng.random((9, 96, 96)) < 0.01, 2, 0).astype(np.uint8)  # ribosome-like specks

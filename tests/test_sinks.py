@@ -51,7 +51,7 @@ def test_config_swaps_the_label_sink(tmp_path: Path, tiny_bundle: Path, repo_roo
     # the same weights through the default (MRC) sink give the same labels
     config = json.loads((tiny_bundle / "configs" / "inference.json").read_text())
     assert config["output_format"] == "mrc"
-    seg = _segmenter(model_path=tiny_bundle / "models" / "model.pt")
+    seg = _segmenter(model_path=tiny_bundle / "models" / "model.pt", double_membrane_max_gap=500.0)
     (ref,) = seg(src, tmp_path / "ref")
     assert np.array_equal(np.asarray(read_mrc(ref["seg"])[0]), labels)
     # and the zarr chunks are the ones the overriding config asked for

@@ -148,7 +148,10 @@ def _unpaired(plane: np.ndarray, double: int, single: int, radius: float, half_w
     """Mask of the ``double`` pixels of one ``(Y, X)`` label plane farther than ``margin`` from any
     band of membrane (``double`` or ``single``) at least ``2 * half_width`` wide once gaps up to
     ``2 * radius`` are closed; lengths in pixels of the grid binned by ``factor``."""
-    edt = ndimage.distance_transform_edt
+    def edt(mask: np.ndarray) -> np.ndarray:
+        # distance to the nearest False pixel; scipy's is finite (to a corner) when there is none
+        return ndimage.distance_transform_edt(mask) if not mask.all() else np.full(mask.shape, np.inf)
+
     unpaired = np.zeros(plane.shape, dtype=bool)
     is_double = plane == double
     if not is_double.any():
