@@ -10,7 +10,8 @@ so "end to end" includes start-up, reading and writing) and reports wall seconds
   shipped ``models/model_int8.xml``, made by ``scripts/quantize_model.py``); every row skips the
   planes outside the sample and runs the network on every 2nd plane (the defaults); two more int8
   rows segment every plane (``--all-planes``) and run the network on every plane
-  (``--plane-stride 1``) to measure what each saves and changes;
+  (``--plane-stride 1``), and one turns the double-membrane partner rule off
+  (``--double-membrane-max-gap 0``), to measure what each costs or saves and changes;
 * baselines with the same weights: the seed paper's way (fp32 eager, one forward per slice, plain
   argmax) and MONAI's stock ``SliceInferer`` (fp32, whole slices, default batch);
 * label agreement of each backend with torch fp32 (the reference), the fp32 and bf16 GEMM peaks of
@@ -167,7 +168,7 @@ def main() -> None:
     p.add_argument("--voxel-size", type=float, default=10.0)
     p.add_argument("--skip", nargs="*", default=[], help="rows to leave out (torch, fp32, onnxruntime, "
                    "openvino, openvino-int8, 'openvino-int8 --all-planes', 'openvino-int8 --plane-stride 1', "
-                   "seed, slice_inferer)")
+                   "'openvino-int8 --double-membrane-max-gap 0', seed, slice_inferer)")
     p.add_argument("--max-isa", choices=["AVX2"], help="emulate a CPU with at most this ISA (see above)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args()
@@ -198,7 +199,9 @@ def main() -> None:
                 "onnxruntime": ["--backend", "onnxruntime"], "openvino": ["--backend", "openvino"],
                 "openvino-int8": ["--backend", "openvino-int8"],
                 "openvino-int8 --all-planes": ["--backend", "openvino-int8", "--all-planes"],
-                "openvino-int8 --plane-stride 1": ["--backend", "openvino-int8", "--plane-stride", "1"]}
+                "openvino-int8 --plane-stride 1": ["--backend", "openvino-int8", "--plane-stride", "1"],
+                "openvino-int8 --double-membrane-max-gap 0": ["--backend", "openvino-int8",
+                                                              "--double-membrane-max-gap", "0"]}
     for name, extra in pipeline.items():
         if name in args.skip:
             continue
@@ -253,6 +256,14 @@ def main() -> None:
               f"(the default) against {rows[both[1]]['seconds']:.1f} s on every plane, labels equal on "
               f"{100 * equal:.2f} %")
         report["plane_stride"] = {"labels_equal": equal}
+    both = ("openvino-int8", "openvino-int8 --double-membrane-max-gap 0")
+    if all(name in rows for name in both):
+        ruled, plain = (np.asarray(read_mrc(rows[name]["labels"])[0]) for name in both)
+        moved = (ruled == 4) & (plain == 3)
+        print(f"\ndouble-membrane partner rule: {rows[both[0]]['seconds']:.1f} s with it (the default) "
+              f"against {rows[both[1]]['seconds']:.1f} s without; {int(moved.sum())} voxels relabelled "
+              f"single membrane, all other labels equal: {bool(((ruled == plain) | moved).all())}")
+        report["partner_rule"] = {"relabelled_voxels": int(moved.sum())}
     if "torch" in rows:
         rate = flops / rows["torch"]["seconds"]
         print(f"\ntorch row: {rate / 1e12:.2f} TFLOP/s end to end = {100 * rate / peaks['bf16']:.0f} % of "

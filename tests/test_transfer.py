@@ -164,11 +164,12 @@ def test_shipped_model_finds_real_microtubules(repo_root: Path, mrc_corpus: Path
         assert f1 >= REAL_MT_MIN_F1, (name, f1)
 
 
-#: tolerant (2-voxel) microtubule F1 required on each real crop. The issue's target is 0.85, not met:
-#: the shipped model (generator v4, chosen on synthetic validation only) measures 0.84 and 0.75 (the
-#: previous one 0.85 and 0.85; model card); precision is ~1.0, the misses are microtubule walls seen
-#: side-on labelled as membranes. This guards against falling further. Never tuned on these crops.
-REAL_MT_MIN_F1 = 0.7
+#: tolerant (2-voxel) microtubule F1 required on each real crop. The shipped model (v5, chosen on
+#: synthetic validation only) measures 0.89 and 0.86 through the default path (0.87 and 0.85 on every
+#: plane; model card): the issue's 0.85 holds, but by 0.005 on the 14-protofilament crop, too close to
+#: assert across CPUs whose int8 kernels differ. This guards against falling back (v4: 0.84 and 0.75).
+#: Never tuned on these crops.
+REAL_MT_MIN_F1 = 0.8
 
 
 def _tiny_segmenter(**kwargs) -> TomogramSegmenter:
