@@ -177,6 +177,7 @@ def main() -> None:
         os.environ.update({k: v.format(isa=args.max_isa, isa_lower=args.max_isa.lower())
                            for k, v in ISA_CAP_ENV.items()})
 
+    from cryoet_monai import CLASS_NAMES
     from cryoet_monai.data.synthetic import generate_tomogram
     from cryoet_monai.io.mrc import read_mrc, save_mrc
 
@@ -259,7 +260,8 @@ def main() -> None:
     both = ("openvino-int8", "openvino-int8 --double-membrane-max-gap 0")
     if all(name in rows for name in both):
         ruled, plain = (np.asarray(read_mrc(rows[name]["labels"])[0]) for name in both)
-        moved = (ruled == 4) & (plain == 3)
+        double, single = CLASS_NAMES.index("double_membrane"), CLASS_NAMES.index("single_membrane")
+        moved = (ruled == single) & (plain == double)
         print(f"\ndouble-membrane partner rule: {rows[both[0]]['seconds']:.1f} s with it (the default) "
               f"against {rows[both[1]]['seconds']:.1f} s without; {int(moved.sum())} voxels relabelled "
               f"single membrane, all other labels equal: {bool(((ruled == plain) | moved).all())}")

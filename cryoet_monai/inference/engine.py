@@ -799,7 +799,7 @@ class TomogramSegmenter:
                     bar.update(stop - start)
             if self.min_component_size:
                 counts = remove_small_components(seg_mm, self.min_component_size, num_classes=c)
-            if self.membrane_labels is not None and self.double_membrane_max_gap is not None:
+            if self.membrane_labels is not None:  # set only when the rule is on
                 double, single = self.membrane_labels
                 moved = relabel_unpaired_double_membranes(
                     seg_mm, min(voxel_size[1:]), double, single, max_gap=self.double_membrane_max_gap)

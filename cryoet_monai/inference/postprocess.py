@@ -143,38 +143,40 @@ def remove_small_components(
     return counts
 
 
-def _unpaired(plane: np.ndarray, double: int, single: int, radius: float, half_width: float,
-              margin: float, factor: int) -> np.ndarray:
-    """Mask of the ``double`` pixels of one ``(Y, X)`` label plane farther than ``margin`` from any
-    band of membrane (``double`` or ``single``) at least ``2 * half_width`` wide once gaps up to
-    ``2 * radius`` are closed; lengths in pixels of the grid binned by ``factor``."""
-    def edt(mask: np.ndarray) -> np.ndarray:
-        # distance to the nearest False pixel; scipy's is finite (to a corner) when there is none
-        return ndimage.distance_transform_edt(mask) if not mask.all() else np.full(mask.shape, np.inf)
+def _distance_to_false(mask: np.ndarray) -> np.ndarray:
+    """Euclidean distance of every pixel to the nearest False one (inf where there is none: scipy's
+    measures to a corner then)."""
+    return ndimage.distance_transform_edt(mask) if not mask.all() else np.full(mask.shape, np.inf)
 
-    unpaired = np.zeros(plane.shape, dtype=bool)
+
+def _relabel_unpaired_in_plane(plane: np.ndarray, double: int, single: int, radius: float,
+                               half_width: float, margin: float, factor: int) -> int:
+    """Set the ``double`` pixels of one writable ``(Y, X)`` label plane to ``single`` where they are
+    farther than ``margin`` from every band of membrane (``double`` or ``single``) at least
+    ``2 * half_width`` wide once gaps up to ``2 * radius`` are closed (lengths in pixels of the grid
+    binned by ``factor``); returns how many."""
     is_double = plane == double
-    if not is_double.any():
-        return unpaired
+    rows, cols = np.flatnonzero(is_double.any(axis=1)), np.flatnonzero(is_double.any(axis=0))
+    if not len(rows):
+        return 0
     # Euclidean distance maps give disk-shaped closing and opening at any radius in O(pixels)
     # (scipy's binary_closing with a disk costs O(pixels * radius**2)); on a binned grid, in the
     # double membrane's bounding box plus the reach of the closing and opening.
-    ys, xs = np.nonzero(is_double)
     m = factor * (int(math.ceil(radius + half_width + margin)) + 2)
-    y0, x0 = max(ys.min() - m, 0), max(xs.min() - m, 0)
-    y1, x1 = min(ys.max() + m + 1, plane.shape[0]), min(xs.max() + m + 1, plane.shape[1])
-    sub = plane[y0:y1, x0:x1]
-    membrane = (sub == double) | (sub == single)
-    ny, nx = -(-membrane.shape[0] // factor), -(-membrane.shape[1] // factor)
+    y0, x0 = max(rows[0] - m, 0), max(cols[0] - m, 0)
+    y1, x1 = min(rows[-1] + m + 1, plane.shape[0]), min(cols[-1] + m + 1, plane.shape[1])
+    sub = plane[y0:y1, x0:x1]  # a view: written below
+    ny, nx = -(-sub.shape[0] // factor), -(-sub.shape[1] // factor)
     binned = np.zeros((ny * factor, nx * factor), dtype=bool)
-    binned[: membrane.shape[0], : membrane.shape[1]] = membrane
+    binned[: sub.shape[0], : sub.shape[1]] = (sub == double) | (sub == single)
     binned = binned.reshape(ny, factor, nx, factor).any(axis=(1, 3))
-    closed = edt(edt(~binned) <= radius) > radius  # closing: fills the lumen between partners
-    core = edt(closed) > half_width  # opening, first half: only wide bands keep a core
-    band = edt(~core) <= half_width + margin  # ... second half, grown by the margin
-    band = np.repeat(np.repeat(band, factor, axis=0), factor, axis=1)[: sub.shape[0], : sub.shape[1]]
-    unpaired[y0:y1, x0:x1] = is_double[y0:y1, x0:x1] & ~band
-    return unpaired
+    closed = _distance_to_false(_distance_to_false(~binned) <= radius) > radius  # closing: fills lumens
+    core = _distance_to_false(closed) > half_width  # opening, first half: only wide bands keep a core
+    band = _distance_to_false(~core) <= half_width + margin  # ... second half, grown by the margin
+    ys, xs = np.nonzero(sub == double)
+    unpaired = ~band[ys // factor, xs // factor]
+    sub[ys[unpaired], xs[unpaired]] = single
+    return int(np.count_nonzero(unpaired))
 
 
 def relabel_unpaired_double_membranes(
@@ -221,15 +223,10 @@ def relabel_unpaired_double_membranes(
     for a in range(0, seg.shape[0], slab):
         b = min(a + slab, seg.shape[0])
         block = np.array(seg[a:b])
-        changed = False
-        for plane in block:
-            unpaired = _unpaired(plane, double, single, radius, half_width, grow, factor)
-            n = int(np.count_nonzero(unpaired))
-            if n:
-                plane[unpaired] = single
-                moved += n
-                changed = True
-        if changed:
+        n = sum(_relabel_unpaired_in_plane(plane, double, single, radius, half_width, grow, factor)
+                for plane in block)
+        if n:
             seg[a:b] = block
+            moved += n
         release_pages(seg[a:b])
     return moved
