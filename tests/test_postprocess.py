@@ -126,6 +126,13 @@ def test_segmenter_relabels_a_lone_bilayer(tmp_path: Path) -> None:
     np.testing.assert_array_equal(ruled, np.where(plain == DOUBLE, SINGLE, plain))
     fractions = ruled_result["class_fractions"]
     assert fractions["double_membrane"] == 0.0
+    # the summary says what the post-processing changed
+    assert ruled_result["unpaired_double_membrane_voxels_relabelled"] == int((plain == DOUBLE).sum())
+    assert plain_result["unpaired_double_membrane_voxels_relabelled"] == 0
+    assert plain_result["small_component_voxels_removed"] == 0
+    (_, speck_result) = run("speck", min_component_size=10**6)
+    assert speck_result["small_component_voxels_removed"] == int((plain == DOUBLE).sum())
+    assert speck_result["class_fractions"]["background"] == 1.0
     assert fractions["single_membrane"] == pytest.approx(plain_result["class_fractions"]["double_membrane"])
     for bad in (-1.0, float("nan")):
         with pytest.raises(ValueError, match="double_membrane_max_gap must be a length in Å"):

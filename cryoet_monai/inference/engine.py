@@ -797,8 +797,13 @@ class TomogramSegmenter:
                     acc_num, acc_den, acc_start = acc_num[:, n:].clone(), acc_den[n:].clone(), done
                 if bar is not None:
                     bar.update(stop - start)
+            if bar is not None and (self.min_component_size or self.membrane_labels is not None):
+                bar.set_postfix_str("post-processing")  # whole-volume passes after the last slab
+            removed = moved = 0
             if self.min_component_size:
+                before = int(counts[1:].sum())
                 counts = remove_small_components(seg_mm, self.min_component_size, num_classes=c)
+                removed = before - int(counts[1:].sum())
             if self.membrane_labels is not None:  # set only when the rule is on
                 double, single = self.membrane_labels
                 moved = relabel_unpaired_double_membranes(
@@ -827,6 +832,9 @@ class TomogramSegmenter:
             "skipped_planes": depth - (z1 - z0),
             "class_fractions": fractions,
             "mean_uncertainty": float(entropy[0]) / total,
+            # voxels changed after the argmax: set to background / double -> single membrane
+            "small_component_voxels_removed": removed,
+            "unpaired_double_membrane_voxels_relabelled": moved,
         }
         if self.preview:
             result.update(self._write_preview(volume, sink.read(outputs["seg"]), outputs, result))
