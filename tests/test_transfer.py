@@ -164,12 +164,11 @@ def test_shipped_model_finds_real_microtubules(repo_root: Path, mrc_corpus: Path
         assert f1 >= REAL_MT_MIN_F1, (name, f1)
 
 
-#: tolerant (2-voxel) microtubule F1 required on each real crop. The shipped model (v5, chosen on
-#: synthetic validation only) measures 0.89 and 0.86 through the default path (0.87 and 0.85 on every
-#: plane; model card): the issue's 0.85 holds, but by 0.005 on the 14-protofilament crop, too close to
-#: assert across CPUs whose int8 kernels differ. This guards against falling back (v4: 0.84 and 0.75).
-#: Never tuned on these crops.
-REAL_MT_MIN_F1 = 0.8
+#: tolerant (2-voxel) microtubule F1 required on each real crop: the issue's bar. The shipped model
+#: (v7, chosen on synthetic validation only) measures 0.91 and 0.92 through the default path (model
+#: card), so the bar holds with a 0.06 margin for CPUs whose int8 kernels differ (v5: 0.89 and 0.86,
+#: v4: 0.84 and 0.75). Never tuned on these crops.
+REAL_MT_MIN_F1 = 0.85
 
 
 def _tiny_segmenter(**kwargs) -> TomogramSegmenter:
