@@ -190,3 +190,22 @@ def test_warm_start_loads_the_initial_weights(tmp_path):
     assert isinstance(cause, InferenceError) and "model.pt: the checkpoint does not fit" in str(cause)
     overlay = json.loads((CONFIGS / "warm_start.json").read_text())
     assert overlay["initial_weights"].endswith("'/models/model.pt'")
+
+
+@pytest.mark.parametrize("kind, crop", [("train_2p5d.json", (5, 32, 32)), ("train_3d.json", (1, 8, 32, 32)),
+                                        (None, (1, 32, 32))])
+def test_transfer_style_augmentation_runs_on_every_kind(kind, crop):
+    """transfer.json's style augmentation is shared by the 2-D, 2.5-D and 3-D recipes: each transform,
+    forced to fire, keeps the crop's shape and changes it (3-D crops need trilinear up-sampling)."""
+    parser = _merged(*[name for name in ("train.json", "transfer.json", kind) if name])
+    transforms = parser.get_parsed_content("train#style_augmentation")
+    assert "RandSimulateLowResolutiond" in [type(t).__name__ for t in transforms]
+    image = torch.randn(*crop)
+    for transform in transforms:
+        transform.set_random_state(0)
+        for level in (transform, getattr(transform, "transform", None)):  # our d-twins draw inside
+            if level is not None:
+                level.prob = 1.0
+        out = transform({"image": image.clone(), "label": torch.zeros(*crop)})["image"]
+        assert tuple(out.shape) == crop, type(transform).__name__
+        assert not torch.equal(torch.as_tensor(out), image), type(transform).__name__
