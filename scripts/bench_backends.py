@@ -252,21 +252,16 @@ def main() -> None:
         print(f"\nsample extent: {extent}; {rows[both[0]]['seconds']:.1f} s against "
               f"{rows[both[1]]['seconds']:.1f} s for every plane, labels equal on {100 * equal:.2f} %")
         report["sample_extent"] = {"found": extent, "labels_equal": equal}
-    both = ("openvino-int8", "openvino-int8 --plane-stride 1")
-    if all(name in rows for name in both):
-        strided, every = (np.asarray(read_mrc(rows[name]["labels"])[0]) for name in both)
-        equal = float((strided == every).mean())
-        print(f"\nplane stride: {rows[both[0]]['seconds']:.1f} s with the network on every 2nd plane "
-              f"(the default) against {rows[both[1]]['seconds']:.1f} s on every plane, labels equal on "
+    for stride, key in ((1, "plane_stride"), (3, "plane_stride_3")):
+        both = ("openvino-int8", f"openvino-int8 --plane-stride {stride}")
+        if not all(name in rows for name in both):
+            continue
+        default, strided = (np.asarray(read_mrc(rows[name]["labels"])[0]) for name in both)
+        equal = float((default == strided).mean())
+        print(f"\nplane stride {stride}: {rows[both[1]]['seconds']:.1f} s against "
+              f"{rows[both[0]]['seconds']:.1f} s at stride 2 (the default), labels equal on "
               f"{100 * equal:.2f} %")
-        report["plane_stride"] = {"labels_equal": equal}
-    both = ("openvino-int8", "openvino-int8 --plane-stride 3")
-    if all(name in rows for name in both):
-        default, third = (np.asarray(read_mrc(rows[name]["labels"])[0]) for name in both)
-        equal = float((default == third).mean())
-        print(f"plane stride 3: {rows[both[1]]['seconds']:.1f} s, labels equal to stride 2 on "
-              f"{100 * equal:.2f} %")
-        report["plane_stride_3"] = {"labels_equal_to_stride_2": equal}
+        report[key] = {"labels_equal_to_stride_2": equal}
     both = ("openvino-int8", "openvino-int8 --double-membrane-max-gap 0")
     if all(name in rows for name in both):
         ruled, plain = (np.asarray(read_mrc(rows[name]["labels"])[0]) for name in both)
