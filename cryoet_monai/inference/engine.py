@@ -42,6 +42,7 @@ from cryoet_monai.data.datalist import read_datalist_json
 from cryoet_monai.inference.backends import default_backend, make_backend
 from cryoet_monai.inference.extent import SampleExtent
 from cryoet_monai.inference.inferers import TomogramInferer, default_inferer, network_kind
+from cryoet_monai.inference.polarity import DenseContrastSkewness
 from cryoet_monai.inference.postprocess import relabel_unpaired_double_membranes, remove_small_components
 from cryoet_monai.inference.predictor import WindowPredictor, fold_batch_norm, resolve_autocast_dtype
 from cryoet_monai.inference.sinks import ArrayLabelSink, LabelSink, label_sink
@@ -292,6 +293,8 @@ class TomogramSegmenter:
             in the summary): ``True`` with the default :class:`~cryoet_monai.inference.extent.SampleExtent`,
             a ``SampleExtent`` to tune it, ``False`` to segment every plane. Slice-wise (2-D, 2.5-D)
             inferers only; 3-D windows always cover the whole depth.
+        contrast_skewness: the image cue of ``invert="auto"`` (see :meth:`polarity`); ``None``
+            leaves the decision to the network's confidence alone.
     """
 
     def __init__(
@@ -330,6 +333,7 @@ class TomogramSegmenter:
         backend: str = "torch",
         inferer: TomogramInferer | None = None,
         sample_extent: SampleExtent | bool = True,
+        contrast_skewness: DenseContrastSkewness | None = DenseContrastSkewness(),
     ) -> None:
         self.device = _default_device() if device in (None, "auto") else torch.device(device)
         if self.device.type == "cuda":
@@ -425,6 +429,7 @@ class TomogramSegmenter:
         if not isinstance(sample_extent, SampleExtent):
             sample_extent = SampleExtent() if parse_bool(sample_extent, "sample_extent") else None
         self.sample_extent: SampleExtent | None = sample_extent
+        self.contrast_skewness = contrast_skewness
         self.model_path = None if model_path is None else str(model_path)
         self.overwrite = parse_bool(overwrite, "overwrite")
         if isinstance(invert, str) and invert.lower() == "auto":
@@ -606,17 +611,33 @@ class TomogramSegmenter:
     #: how much more confident (mean max-probability) the inverted input must make the model
     POLARITY_MARGIN = 0.02
 
-    def polarity(self, volume: np.ndarray, norm: RobustNormalizeIntensity, scale: Sequence[float],
+    def polarity(self, volume: np.ndarray, norm: RobustNormalizeIntensity, voxel_size: Sequence[float],
                  path: Path, size: int = 256) -> bool:
-        """Decide whether ``volume`` has dense material bright (True: it will be negated).
+        """Decide whether ``volume`` (``(Z, Y, X)``, ``voxel_size`` Å per axis) has dense material
+        bright (True: it will be negated).
 
-        The model itself is the judge: a central block (a few slices around the middle, the
-        central ``size``² in-plane) is predicted as it is and negated, and the polarity with the
-        higher mean confidence (maximum class probability) over the block wins, inverting only by a
-        margin of :attr:`POLARITY_MARGIN` (an undecided network keeps the data as it is). A network
-        trained on dense-dark tomograms is markedly less sure of itself on inverted contrast
-        (docs/inference.md reports how often this is right on synthetic tomograms).
+        Two judges, the cheaper first:
+
+        1. the image: the skewness of the central slab's block means
+           (:class:`~cryoet_monai.inference.polarity.DenseContrastSkewness`): dense material is a
+           minority, so its side of the distribution has the long tail; a clear tail decides;
+        2. otherwise the model: a central block (a few slices around the middle, the central
+           ``size``² in-plane) is predicted as it is and negated, and the polarity with the higher
+           mean confidence (maximum class probability) wins, inverting only by a margin of
+           :attr:`POLARITY_MARGIN` (an undecided network keeps the data as it is). A network trained
+           on dense-dark tomograms is markedly less sure of itself on inverted contrast.
+
+        The model card reports how often this is right on synthetic tomograms of both polarities.
         """
+        skewness = None
+        if self.contrast_skewness is not None:
+            skewness = self.contrast_skewness.measure(volume, voxel_size)
+            inverted = self.contrast_skewness.decide(skewness)
+            if inverted is not None:
+                logger.info("%s: polarity %s (skewness of %g-Å block means %.2f)", path,
+                            "dense bright: inverting" if inverted else "dense dark",
+                            self.contrast_skewness.block, skewness)
+                return inverted
         depth, ny, nx = volume.shape
         half = max(1, self.inferer.probe_halo)
         z0, z1 = max(0, depth // 2 - half), min(depth, depth // 2 + half + 1)
@@ -624,10 +645,12 @@ class TomogramSegmenter:
         sy = slice(max(0, cy - size // 2), min(ny, cy + size // 2))
         sx = slice(max(0, cx - size // 2), min(nx, cx + size // 2))
         block = norm(np.asarray(volume[z0:z1, sy, sx], dtype=np.float32), name=str(path))
+        scale = self.zoom_factors(tuple(float(v) for v in voxel_size))
         confidence = [float(self.predict(sign * block, scale).amax(0).mean()) for sign in (1.0, -1.0)]
         inverted = confidence[1] > confidence[0] + self.POLARITY_MARGIN
-        logger.info("%s: polarity %s (mean confidence %.3f as is, %.3f inverted)", path,
-                    "dense bright: inverting" if inverted else "dense dark", *confidence)
+        undecided = "" if skewness is None else f"; skewness {skewness:.2f} undecided"
+        logger.info("%s: polarity %s (mean confidence %.3f as is, %.3f inverted%s)", path,
+                    "dense bright: inverting" if inverted else "dense dark", *confidence, undecided)
         return inverted
 
     def find_sample_extent(self, volume: np.ndarray, norm: RobustNormalizeIntensity, sign: np.float32,
@@ -719,7 +742,7 @@ class TomogramSegmenter:
         norm = self._normalizer_for(volume, path)
         release_pages(volume)  # the statistics' subsample touched every few planes
         scale = self.zoom_factors(voxel_size)
-        invert = self.invert if self.invert is not None else self.polarity(volume, norm, scale, path)
+        invert = self.invert if self.invert is not None else self.polarity(volume, norm, voxel_size, path)
         sign = np.float32(-1.0 if invert else 1.0)
         depth, ny, nx = volume.shape
         c = self.num_classes
