@@ -13,7 +13,7 @@ when the skewness is too small to decide: images with little dense material, or 
 low frequencies have been filtered away.
 
 * Cost: a central slab of ``layers`` blocks along z, at most ``max_blocks`` blocks along y and x,
-  read once, plane by plane (at 10 Å, 32 planes of a 630² tomogram: 50 MB of float32).
+  read once, a few planes per read (at 10 Å, 32 planes of a 630² tomogram: 50 MB of float32).
 * ``decisive`` 0.25: on the 40 tomograms it was chosen on (training-style synthetic tomograms,
   seed 9 of ``configs/transfer.json``, none of the evaluation seeds) the skewness lay between
   -6.0 and -0.41; 0.25 is well outside the block means' sampling noise (standard error
