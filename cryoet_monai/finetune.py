@@ -249,7 +249,7 @@ def finetune(
         norm = segmenter.normalizer.fit(volume, name=str(tomo))
         image = norm(np.asarray(volume, np.float32), name=str(tomo))
         inverted = segmenter.invert if segmenter.invert is not None else segmenter.polarity(
-            volume, norm, vs, tomo)
+            volume, norm, vs, tomo).inverted
         if inverted:
             image = -image
         train_lab, val_lab, rule = _split_validation(labels)

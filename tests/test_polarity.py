@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import ClassVar
 
@@ -12,7 +13,7 @@ import torch
 from cryoet_monai import PaperUNet
 from cryoet_monai.inference import TomogramSegmenter
 from cryoet_monai.inference.polarity import DenseContrastSkewness
-from cryoet_monai.io.mrc import save_mrc
+from cryoet_monai.io.mrc import release_planes, save_mrc
 
 
 def _dense_dark(shape=(40, 96, 96), seed: int = 0) -> np.ndarray:
@@ -94,3 +95,49 @@ def test_invert_auto_inverts_a_dense_bright_file_by_the_image_cue(tmp_path: Path
     seg = _segmenter(contrast_skewness=cue)  # invert: auto
     dark, bright = (seg.segment(tmp_path / f"{n}.mrc", tmp_path / "out") for n in ("dark", "bright"))
     assert not dark["inverted"] and bright["inverted"]
+    # the summary says which judge decided, with the cue's value
+    assert dark["polarity"]["decided_by"] == bright["polarity"]["decided_by"] == "image"
+    assert dark["polarity"]["skewness"] == pytest.approx(-bright["polarity"]["skewness"], rel=1e-6)
+    assert dark["polarity"]["skewness"] <= -cue.decisive and bright["polarity"]["confidence"] is None
+
+
+def test_the_model_decides_where_the_cue_abstains_and_a_given_polarity_says_so(tmp_path: Path):
+    volume = _dense_dark((40, 96, 96), seed=6)
+    save_mrc(tmp_path / "t.mrc", volume, voxel_size=10.0)
+    abstaining = DenseContrastSkewness(block=40.0, decisive=1e9)
+    auto = _segmenter(contrast_skewness=abstaining).segment(tmp_path / "t.mrc", tmp_path / "a")
+    decision = auto["polarity"]
+    assert decision["decided_by"] == "model"
+    assert decision["skewness"] == pytest.approx(abstaining.measure(volume, (10.0,) * 3))
+    as_is, negated = decision["confidence"]
+    assert 1 / 6 <= as_is <= 1 and 1 / 6 <= negated <= 1  # mean max-probability of 6 classes
+    assert auto["inverted"] == (negated > as_is + TomogramSegmenter.POLARITY_MARGIN)
+    given = _segmenter(invert="yes").segment(tmp_path / "t.mrc", tmp_path / "g")
+    assert given["inverted"] and given["polarity"] == {"decided_by": "given", "skewness": None,
+                                                       "confidence": None}
+
+
+class _PlaneCounter:
+    """A lazy ``(Z, Y, X)`` reader like ``ZarrVolume``: every index reads (and counts) its planes."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array, self.shape, self.dtype, self.ndim = array, array.shape, array.dtype, 3
+        self.size = array.size
+        self.planes_read = 0
+
+    def __getitem__(self, index):
+        out = np.asarray(self.array[index])
+        self.planes_read += out.shape[0] if out.ndim == 3 else 1
+        return out
+
+
+def test_a_lazy_volume_is_read_once_per_slab_not_again_to_release_pages(tmp_path: Path):
+    volume = _PlaneCounter(_dense_dark((40, 96, 96), seed=7))
+    seg = _segmenter(invert="no", slab_size=8, sample_extent=False)
+    seg.segment_volume(volume, {"voxel_size": (10.0,) * 3}, Path("lazy"), tmp_path)
+    halo = math.ceil(seg.halo)
+    slabs = math.ceil(40 / 8)
+    # the normaliser's subsample plus each slab with its halo, once; before, every slab was read twice
+    assert volume.planes_read <= 40 + 40 + 2 * halo * slabs
+    release_planes(volume, 0, 40)  # a no-op on lazy readers: nothing read
+    assert volume.planes_read <= 40 + 40 + 2 * halo * slabs

@@ -170,7 +170,6 @@ def evaluate_polarity(
     many of the decisions the image cue made (the rest fell to the network's confidence)."""
     from cryoet_monai.data.synthetic import generate_tomogram
 
-    cue = segmenter.contrast_skewness
     out: dict[str, Any] = {}
     right = total = by_image = 0
     for fi, (family, (voxel_size, options)) in enumerate(families.items()):
@@ -181,8 +180,9 @@ def evaluate_polarity(
             for inverted in (False, True):
                 volume = -image if inverted else image
                 norm = segmenter.normalizer.fit(volume, name=family)
-                ok += segmenter.polarity(volume, norm, voxel, Path(f"{family}_{i}")) == inverted
-                decided += cue is not None and cue.decide(cue.measure(volume, voxel)) is not None
+                decision = segmenter.polarity(volume, norm, voxel, Path(f"{family}_{i}"))
+                ok += decision.inverted == inverted
+                decided += decision.decided_by == "image"
         out[family] = {"right": ok, "of": 2 * n_per_family, "decided_by_image": decided}
         right, total, by_image = right + ok, total + 2 * n_per_family, by_image + decided
     out["all"] = {"right": right, "of": total, "accuracy": right / max(total, 1),

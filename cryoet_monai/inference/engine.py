@@ -42,7 +42,7 @@ from cryoet_monai.data.datalist import read_datalist_json
 from cryoet_monai.inference.backends import default_backend, make_backend
 from cryoet_monai.inference.extent import SampleExtent
 from cryoet_monai.inference.inferers import TomogramInferer, default_inferer, network_kind
-from cryoet_monai.inference.polarity import DenseContrastSkewness
+from cryoet_monai.inference.polarity import DenseContrastSkewness, PolarityDecision
 from cryoet_monai.inference.postprocess import relabel_unpaired_double_membranes, remove_small_components
 from cryoet_monai.inference.predictor import WindowPredictor, fold_batch_norm, resolve_autocast_dtype
 from cryoet_monai.inference.sinks import ArrayLabelSink, LabelSink, label_sink
@@ -54,6 +54,7 @@ from cryoet_monai.io.mrc import (
     mrc_stem,
     read_mrc,
     release_pages,
+    release_planes,
     remove_stale_temporaries,
 )
 from cryoet_monai.io.omezarr import is_ome_zarr_path, read_ome_zarr
@@ -612,9 +613,9 @@ class TomogramSegmenter:
     POLARITY_MARGIN = 0.02
 
     def polarity(self, volume: np.ndarray, norm: RobustNormalizeIntensity, voxel_size: Sequence[float],
-                 path: Path, size: int = 256) -> bool:
+                 path: Path, size: int = 256) -> PolarityDecision:
         """Decide whether ``volume`` (``(Z, Y, X)``, ``voxel_size`` Å per axis) has dense material
-        bright (True: it will be negated).
+        bright (``inverted``: it will be negated), and say which judge decided.
 
         Two judges, the cheaper first:
 
@@ -632,12 +633,13 @@ class TomogramSegmenter:
         skewness = None
         if self.contrast_skewness is not None:
             skewness = self.contrast_skewness.measure(volume, voxel_size)
-            inverted = self.contrast_skewness.decide(skewness)
-            if inverted is not None:
+            release_planes(volume, *self.contrast_skewness.slab_planes(volume.shape[0], voxel_size))
+            by_image = self.contrast_skewness.decide(skewness)
+            if by_image is not None:
                 logger.info("%s: polarity %s (skewness of %g-Å block means %.2f)", path,
-                            "dense bright: inverting" if inverted else "dense dark",
+                            "dense bright: inverting" if by_image else "dense dark",
                             self.contrast_skewness.block, skewness)
-                return inverted
+                return PolarityDecision(by_image, "image", skewness)
         depth, ny, nx = volume.shape
         half = max(1, self.inferer.probe_halo)
         z0, z1 = max(0, depth // 2 - half), min(depth, depth // 2 + half + 1)
@@ -645,13 +647,14 @@ class TomogramSegmenter:
         sy = slice(max(0, cy - size // 2), min(ny, cy + size // 2))
         sx = slice(max(0, cx - size // 2), min(nx, cx + size // 2))
         block = norm(np.asarray(volume[z0:z1, sy, sx], dtype=np.float32), name=str(path))
+        release_planes(volume, z0, z1)
         scale = self.zoom_factors(tuple(float(v) for v in voxel_size))
-        confidence = [float(self.predict(sign * block, scale).amax(0).mean()) for sign in (1.0, -1.0)]
-        inverted = confidence[1] > confidence[0] + self.POLARITY_MARGIN
+        as_is, negated = (float(self.predict(sign * block, scale).amax(0).mean()) for sign in (1.0, -1.0))
+        inverted = negated > as_is + self.POLARITY_MARGIN
         undecided = "" if skewness is None else f"; skewness {skewness:.2f} undecided"
         logger.info("%s: polarity %s (mean confidence %.3f as is, %.3f inverted%s)", path,
-                    "dense bright: inverting" if inverted else "dense dark", *confidence, undecided)
-        return inverted
+                    "dense bright: inverting" if inverted else "dense dark", as_is, negated, undecided)
+        return PolarityDecision(inverted, "model", skewness, (as_is, negated))
 
     def find_sample_extent(self, volume: np.ndarray, norm: RobustNormalizeIntensity, sign: np.float32,
                            scale: Sequence[float], path: Path) -> tuple[int, int, int]:
@@ -665,7 +668,7 @@ class TomogramSegmenter:
         def foreground(z: int) -> float:
             lo, hi = max(0, z - context), min(depth, z + context + 1)
             block = sign * norm(np.asarray(volume[lo:hi], dtype=np.float32), name=str(path))
-            release_pages(volume[lo:hi])
+            release_planes(volume, lo, hi)
             labels = self._labels(self.predict(block, scale, keep=(z - lo, z - lo + 1))[:, 0])
             return float((labels != 0).float().mean())
 
@@ -742,7 +745,9 @@ class TomogramSegmenter:
         norm = self._normalizer_for(volume, path)
         release_pages(volume)  # the statistics' subsample touched every few planes
         scale = self.zoom_factors(voxel_size)
-        invert = self.invert if self.invert is not None else self.polarity(volume, norm, voxel_size, path)
+        polarity = (PolarityDecision(bool(self.invert), "given") if self.invert is not None
+                    else self.polarity(volume, norm, voxel_size, path))
+        invert = polarity.inverted
         sign = np.float32(-1.0 if invert else 1.0)
         depth, ny, nx = volume.shape
         c = self.num_classes
@@ -788,7 +793,7 @@ class TomogramSegmenter:
 
             def load(lo: int, hi: int) -> np.ndarray:
                 block = sign * norm(np.asarray(volume[lo:hi], dtype=np.float32), name=str(path))
-                release_pages(volume[lo:hi])
+                release_planes(volume, lo, hi)
                 return block
 
             for i, ((start, stop, lo, hi), block) in enumerate(zip(ranges, _prefetched(load, ranges))):
@@ -849,7 +854,7 @@ class TomogramSegmenter:
             "voxel_size": voxel_size,
             "resampled": scale != (1.0, 1.0, 1.0),
             "inverted": bool(invert),
-            "polarity": "auto" if self.invert is None else "given",
+            "polarity": polarity.as_dict(),
             "seconds": seconds,
             "sample_extent": [z0, z1],
             "skipped_planes": depth - (z1 - z0),

@@ -29,7 +29,31 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-__all__ = ["DenseContrastSkewness"]
+__all__ = ["DenseContrastSkewness", "PolarityDecision"]
+
+
+@dataclass(frozen=True)
+class PolarityDecision:
+    """How a tomogram's contrast polarity was settled (recorded in the segmentation summary).
+
+    Args:
+        inverted: True when dense material is bright (the data are negated before the network).
+        decided_by: ``"image"`` (the skewness cue), ``"model"`` (the network's confidence) or
+            ``"given"`` (``invert`` fixed by the user).
+        skewness: the cue's value, ``None`` where it was not measured.
+        confidence: the network's mean maximum class probability ``(as is, inverted)``, ``None``
+            where the network was not asked.
+    """
+
+    inverted: bool
+    decided_by: str
+    skewness: float | None = None
+    confidence: tuple[float, float] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready ``{"decided_by", "skewness", "confidence"}`` (``inverted`` has its own key)."""
+        return {"decided_by": self.decided_by, "skewness": self.skewness,
+                "confidence": None if self.confidence is None else list(self.confidence)}
 
 
 @dataclass(frozen=True)
@@ -51,23 +75,30 @@ class DenseContrastSkewness:
     min_blocks: int = 64
     READ_VOXELS: ClassVar[int] = 1 << 26
 
+    def slab_planes(self, depth: int, voxel_size: Sequence[float]) -> tuple[int, int]:
+        """``(z0, z1)``: the planes of a ``depth``-plane tomogram that :meth:`measure` reads."""
+        bz = min(self.block_voxels(voxel_size)[0], depth)
+        nbz = max(1, min(self.layers, depth // bz))
+        z0 = (depth - nbz * bz) // 2
+        return z0, z0 + nbz * bz
+
     def block_voxels(self, voxel_size: Sequence[float]) -> tuple[int, int, int]:
         """Voxels per block along (z, y, x) for a voxel size (Å), at least 1."""
         return tuple(max(1, round(self.block / float(v))) for v in voxel_size)  # type: ignore[return-value]
 
     def measure(self, volume: Any, voxel_size: Sequence[float]) -> float:
         """Skewness of the ``block``-Å block means of the central slab of ``volume`` ``(Z, Y, X)``
-        (array-like, read plane by plane); 0.0 when the slab is constant or has fewer than
-        ``min_blocks`` blocks."""
-        bz, by, bx = self.block_voxels(voxel_size)
+        (array-like, read a few planes at a time: the planes of :meth:`slab_planes`); 0.0 when the
+        slab is constant or has fewer than ``min_blocks`` blocks."""
+        _, by, bx = self.block_voxels(voxel_size)
         depth, ny, nx = volume.shape
-        nbz = max(1, min(self.layers, depth // bz))
-        bz = min(bz, depth)
+        z0, z1 = self.slab_planes(depth, voxel_size)
+        bz = min(self.block_voxels(voxel_size)[0], depth)
+        nbz = (z1 - z0) // bz
         nby, nbx = (max(1, min(self.max_blocks, n // b)) for n, b in ((ny, by), (nx, bx)))
         by, bx = min(by, ny), min(bx, nx)
         if nbz * nby * nbx < self.min_blocks:
             return 0.0
-        z0 = (depth - nbz * bz) // 2
         y0, x0 = (ny - nby * by) // 2, (nx - nbx * bx) // 2
         means = np.zeros((nbz, nby, nbx), dtype=np.float64)
         ys, xs = slice(y0, y0 + nby * by), slice(x0, x0 + nbx * bx)

@@ -53,6 +53,7 @@ __all__ = [
     "mrc_stem",
     "read_mrc",
     "release_pages",
+    "release_planes",
     "remove_stale_temporaries",
     "save_mrc",
 ]
@@ -615,6 +616,16 @@ def release_pages(view: np.ndarray) -> None:
     length = min(start + view.nbytes, len(mm)) - aligned
     if length > 0:
         mm.madvise(mmap.MADV_DONTNEED, aligned, length)
+
+
+def release_planes(volume: Any, lo: int, hi: int) -> None:
+    """:func:`release_pages` of planes ``[lo, hi)`` of a ``(Z, Y, X)`` volume that was read.
+
+    Only numpy arrays are sliced: indexing a lazy reader (an OME-Zarr ``ZarrVolume``) would read and
+    decode the planes once more, and it keeps no pages to drop.
+    """
+    if isinstance(volume, np.ndarray):
+        release_pages(volume[lo:hi])
 
 
 # the names of cryoet_monai.io.atomic.temporary_path, which every atomic writer of the package uses
