@@ -132,6 +132,34 @@ def test_int8_model_runs_close_to_fp32_and_is_tied_to_its_weights(tmp_path: Path
         make_backend("openvino-int8", net, model_path=model_path)
 
 
+@pytest.mark.parametrize("head, tail", [(2, 1), (0, 0)])
+def test_int8_model_keeps_the_chosen_convolutions_in_float(tmp_path: Path, head: int, tail: int) -> None:
+    pytest.importorskip("nncf")
+    ov = pytest.importorskip("openvino")
+    from cryoet_monai.inference.quantize import (
+        calibration_windows,
+        int8_paths,
+        quantize_openvino,
+        read_int8_record,
+    )
+
+    net = _net()
+    model_path = tmp_path / "model.pt"
+    torch.save(net.state_dict(), model_path)
+    windows = calibration_windows(SHIPPED_IN_CHANNELS, n_tomograms=1, windows_per_tomogram=2,
+                                  shape=(6, 32, 32))
+    quantize_openvino(net, windows, model_path, float_head=head, float_tail=tail)
+    model = ov.Core().read_model(str(int8_paths(model_path)[0]))
+    # an int8 convolution's weights come through a dequantising Multiply, a float one's from a Constant
+    weights = [op.input(1).get_source_output().get_node().get_type_name()
+               for op in model.get_ordered_ops() if op.get_type_name() == "Convolution"]
+    n = len(weights)
+    assert n > head + tail
+    expected = ["Constant" if i < head or i >= n - tail else "Multiply" for i in range(n)]
+    assert weights == expected
+    assert read_int8_record(model_path)["float_convolutions"] == {"head": head, "tail": tail}
+
+
 def test_segmenter_picks_the_int8_model_beside_the_weights(tmp_path: Path) -> None:
     _, model_path = _int8_folder(tmp_path)
     path = tmp_path / "t.mrc"
