@@ -27,8 +27,10 @@ def main() -> None:
     p.add_argument("--model", type=Path, default=ROOT, help="model folder (configs/ + models/model.pt)")
     p.add_argument("--tomograms", type=int, default=4, help="synthetic calibration tomograms")
     p.add_argument("--windows", type=int, default=10, help="calibration slices per tomogram")
-    p.add_argument("--float-head", type=int, default=2, help="convolutions kept in float at the input end")
-    p.add_argument("--float-tail", type=int, default=1, help="convolutions kept in float at the output end")
+    p.add_argument("--float-head", type=int, help="convolutions kept in float at the input end "
+                   "(default: quantize_openvino's)")
+    p.add_argument("--float-tail", type=int, help="convolutions kept in float at the output end "
+                   "(default: quantize_openvino's)")
     args = p.parse_args()
 
     from cryoet_monai.data.synthetic import generate_tomogram
@@ -50,8 +52,9 @@ def main() -> None:
     t = time.perf_counter()
     windows = calibration_windows(network.in_channels, args.tomograms, args.windows, voxel_size=voxel_size)
     network = network.to(memory_format=torch.contiguous_format)
-    xml = quantize_openvino(network, windows, model_path, float_head=args.float_head,
-                            float_tail=args.float_tail)
+    given = {"float_head": args.float_head, "float_tail": args.float_tail}
+    kept = {k: v for k, v in given.items() if v is not None}
+    xml = quantize_openvino(network, windows, model_path, **kept)
     seconds = time.perf_counter() - t
 
     # agreement on a held-out synthetic tomogram, whole pipeline: int8 against torch fp32

@@ -58,12 +58,15 @@ def main() -> None:
     p.add_argument("--double-membrane-max-gap", type=float, default=None,
                    help="Å; default: the inference config's (0: the rule off)")
     args = p.parse_args()
-    configured = build_segmenter(None)
-    gains_now, sizes_now = (configured.get_parsed_content(k) for k in ("class_gains", "min_component_size"))
+    parser = build_segmenter(None)
+    gains_now, sizes_now = (parser.get_parsed_content(k) for k in ("class_gains", "min_component_size"))
     configured_gains = [float(gains_now.get(n, 1.0)) for n in CLASS_NAMES]
     configured_sizes = [int(sizes_now.get(n, 0)) for n in CLASS_NAMES]
-    segmenter = build_segmenter(None, progress=False, min_component_size=0, class_gains=None,
-                                save_probs=True, invert="no").get_parsed_content("segmenter")
+    # the raw network output: no post-processing, probabilities written
+    for key, value in dict(progress=False, min_component_size=0, class_gains=None, save_probs=True,
+                           invert="no").items():
+        parser[key] = value
+    segmenter = parser.get_parsed_content("segmenter")
     max_gap = (segmenter.double_membrane_max_gap if args.double_membrane_max_gap is None
                else args.double_membrane_max_gap or None)
     double, single = CLASS_NAMES.index("double_membrane"), CLASS_NAMES.index("single_membrane")
@@ -76,9 +79,11 @@ def main() -> None:
         twice = sorted({n for n in names if names.count(n) > 1})
         raise SystemExit(f"{', '.join(map(str, args.datalist))}: validation images with the same file name "
                          f"({', '.join(twice[:3])}); pool datalists of distinct tomograms")
-    for folder, item in validation[: args.limit]:
+    chosen = validation[: args.limit]
+    for i, (folder, item) in enumerate(chosen, 1):
         probs_path = args.out / (Path(item["image"]).name.replace(".mrc", "_probs.mrc"))
         if not (args.reuse and probs_path.is_file()):
+            print(f"[{i}/{len(chosen)}] segmenting {folder / item['image']}", flush=True)
             probs_path = Path(segmenter.segment(folder / item["image"], args.out)["probs"])
         probs = torch.as_tensor(np.asarray(read_mrc(probs_path, mmap=False)[0], dtype=np.float32))
         label, meta = read_mrc(folder / item["label"], mmap=False)
@@ -114,30 +119,28 @@ def main() -> None:
                     best, gains = s, trial
         print(f"gains {gains}: mean foreground F1 {best:.4f}")
     cases = full  # component sizes need whole volumes (connectivity along z)
+
+    def cleaned_score(preds: list[np.ndarray], sizes: list[int]) -> tuple[float, np.ndarray]:
+        """Score of ``preds`` (left as they are) after small-component removal and the partner rule."""
+        cleaned = [pr.copy() for pr in preds]
+        for pr in cleaned:
+            remove_small_components(pr, sizes, num_classes=C)
+        return score(partner_rule(cleaned))
+
     preds = labels_for(gains, rule=False)
-    best, _ = score(partner_rule([pr.copy() for pr in preds]))
     sizes = [0] * C
+    best, _ = cleaned_score(preds, sizes)
     for c in range(1, C):
         for size in SIZES[1:]:
             trial = sizes.copy()
             trial[c] = size
-            cleaned = [pr.copy() for pr in preds]
-            for pr in cleaned:
-                remove_small_components(pr, trial, num_classes=C)
-            s, _ = score(partner_rule(cleaned))
+            s, _ = cleaned_score(preds, trial)
             if s > best + 1e-4:
                 best, sizes = s, trial
-
-    def postprocessed(gains: list[float], sizes: list[int]) -> tuple[float, np.ndarray]:
-        preds = labels_for(gains, rule=False)
-        for pr in preds:
-            remove_small_components(pr, sizes, num_classes=C)
-        return score(partner_rule(preds))
-
-    best, per_class = postprocessed(gains, sizes)
+    best, per_class = cleaned_score(preds, sizes)
     print(f"min_component_size {sizes}: mean foreground F1 {best:.4f}  "
           f"per class {np.round(per_class, 3).tolist()}")
-    now, now_per_class = postprocessed(configured_gains, configured_sizes)
+    now, now_per_class = cleaned_score(labels_for(configured_gains, rule=False), configured_sizes)
     print(f"the inference config now (gains {configured_gains}, min_component_size {configured_sizes}): "
           f"mean foreground F1 {now:.4f}  per class {np.round(now_per_class, 3).tolist()}")
     if args.write_config:

@@ -107,8 +107,8 @@ def quantize_openvino(
     # the first convolutions see raw intensities, the last one makes the logits the argmax decides on.
     # Labels of a held-out synthetic tomogram agreed with torch fp32 (v7 weights, asymmetric activation
     # ranges: MIXED) on 99.86 % keeping 3 + 5 convolutions in float, 99.76 % with 2 + 1 (the default),
-    # 99.65 % with 1 + 1 and 99.54 % with none; 2 + 1 halves the time per forward pass on an AVX2-only
-    # CPU, where every float convolution runs in fp32 (docs/inference.md, "int8")
+    # 99.65 % with 1 + 1 and 99.54 % with none; 2 + 1 made a forward pass 1.2x faster with AMX and
+    # 1.2-1.5x on an emulated AVX2-only CPU, where float convolutions run in fp32 (docs/inference.md, "int8")
     convolutions = [op.get_friendly_name() for op in model.get_ordered_ops()
                     if op.get_type_name() == "Convolution"]
     kept = convolutions[:float_head] + (convolutions[-float_tail:] if float_tail else [])
