@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 from pathlib import Path
@@ -293,10 +294,18 @@ def test_interrupted_run_leaves_no_output(tmp_path: Path) -> None:
     assert calls["n"] == 3 and list(out.iterdir()) == []  # neither final nor temporary files
 
 
-def test_remove_small_components_matches_whole_volume_labelling() -> None:
+_LABELLERS = ["scipy", pytest.param("cc3d", marks=pytest.mark.skipif(
+    importlib.util.find_spec("cc3d") is None, reason="connected-components-3d (cpu extra) not installed"))]
+
+
+@pytest.mark.parametrize("labeller", _LABELLERS)
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16])
+@pytest.mark.parametrize("thresholds", [[0, 5, 20, 0, 3, 50], [0, 4, 4, 4, 4, 4]])
+def test_remove_small_components_matches_whole_volume_labelling(labeller: str, dtype: type,
+                                                                 thresholds: list[int]) -> None:
     rng = np.random.default_rng(8)
-    seg = (ndimage.uniform_filter(rng.random((23, 20, 21)), 3) * 12).astype(np.uint8) % 6
-    thresholds = [0, 5, 20, 0, 3, 50]
+    seg = ((ndimage.uniform_filter(rng.random((23, 20, 21)), 3) * 12).astype(np.uint8) % 6).astype(dtype)
+    seg[0, 0, :3] = 7  # a value outside the classes: left untouched, never labelled
     expected = seg.copy()
     for c in range(1, 6):
         if thresholds[c]:
@@ -304,10 +313,15 @@ def test_remove_small_components_matches_whole_volume_labelling() -> None:
             sizes = np.bincount(lab.ravel())
             expected[(lab > 0) & (sizes[lab] < thresholds[c])] = 0
     got = seg.copy()
-    counts = remove_small_components(got, thresholds, slab=4)
-    assert (got != seg).any()
+    counts = remove_small_components(got, thresholds, slab=4, labeller=labeller)
+    assert (got != seg).any() and (got[0, 0, :3] == 7).all()
     np.testing.assert_array_equal(got, expected)
-    np.testing.assert_array_equal(counts, np.bincount(expected.ravel(), minlength=6))
+    np.testing.assert_array_equal(counts, np.bincount(expected.ravel(), minlength=8)[:6])
+
+
+def test_remove_small_components_rejects_an_unknown_labeller() -> None:
+    with pytest.raises(ValueError, match="labeller must be"):
+        remove_small_components(np.zeros((2, 4, 4), np.uint8), 3, labeller="skimage")
 
 
 def test_min_component_size_in_segmenter(tmp_path: Path) -> None:

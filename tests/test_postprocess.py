@@ -84,7 +84,27 @@ def test_streaming_over_slabs_equals_one_slab() -> None:
     assert (a[1::2] == DOUBLE).sum() == 0 and (a[0::2, 30:34, 10:80] == DOUBLE).all()
 
 
+@pytest.mark.parametrize("pixel_size", [10.0, 7.0, 14.0])
+def test_both_distance_transforms_give_the_same_labels(pixel_size: float) -> None:
+    pytest.importorskip("edt", reason="edt (the cpu extra) not installed")
+    # curved bilayers at random offsets: pairs at every gap from touching to beyond max_gap
+    yy, xx = np.mgrid[:160, :160]
+    seg = np.zeros((6, 160, 160), np.uint8)
+    rng = np.random.default_rng(3)
+    for z in range(6):
+        for _ in range(5):
+            cy, cx, r = rng.uniform(0, 160, 2).tolist() + [rng.uniform(10, 70)]
+            ring = np.abs(np.hypot(yy - cy, xx - cx) - r) < rng.uniform(1.5, 3.0)
+            seg[z][ring] = rng.choice([DOUBLE, SINGLE])
+    a, b = seg.copy(), seg.copy()
+    moved = relabel_unpaired_double_membranes(a, pixel_size, DOUBLE, SINGLE, distance="edt")
+    assert moved == relabel_unpaired_double_membranes(b, pixel_size, DOUBLE, SINGLE, distance="scipy") > 0
+    np.testing.assert_array_equal(a, b)
+
+
 def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="distance must be"):
+        relabel_unpaired_double_membranes(np.zeros((1, 4, 4), np.uint8), 10.0, DOUBLE, SINGLE, distance="cv2")
     with pytest.raises(ValueError, match=r"\(Z, Y, X\) volume"):
         relabel_unpaired_double_membranes(np.zeros((4, 4), np.uint8), 10.0, DOUBLE, SINGLE)
     with pytest.raises(ValueError, match="positive pixel size"):
