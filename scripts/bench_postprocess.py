@@ -15,7 +15,6 @@ all implementations are equal.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import subprocess
 import sys
@@ -47,7 +46,12 @@ def main() -> None:
 
     from cryoet_monai.data.synthetic import generate_tomogram
     from cryoet_monai.inference.cli import build_segmenter
-    from cryoet_monai.inference.postprocess import relabel_unpaired_double_membranes, remove_small_components
+    from cryoet_monai.inference.postprocess import (
+        has_cc3d,
+        has_edt,
+        relabel_unpaired_double_membranes,
+        remove_small_components,
+    )
     from cryoet_monai.io.mrc import read_mrc, save_mrc
 
     sys.path.insert(0, str(REPO / "scripts"))
@@ -70,17 +74,20 @@ def main() -> None:
     sizes = list(segmenter.min_component_size)
     gap = float(segmenter.double_membrane_max_gap)
     double, single = segmenter.membrane_labels
-    labellers = ["scipy"] + (["cc3d"] if importlib.util.find_spec("cc3d") else [])
-    distances = ["scipy"] + (["edt"] if importlib.util.find_spec("edt") else [])
+    labellers = ["scipy"] + (["cc3d"] if has_cc3d else [])
+    distances = ["scipy"] + (["edt"] if has_edt else [])
 
     print(f"raw labels {raw.shape}; min sizes {sizes}; partner rule {gap:.0f} Å")
     print(f"| step | implementation | s (best of {args.repeats}) |")
     print("|---|---|---|")
     cleaned = {}
     for labeller in labellers:
-        seconds, work = _best_time(lambda lab=labeller: _removed(raw, sizes, lab, remove_small_components),
-                                   args.repeats)
-        cleaned[labeller] = work
+        def remove(lab: str = labeller) -> np.ndarray:
+            work = raw.copy()
+            remove_small_components(work, sizes, num_classes=len(sizes), labeller=lab)
+            return work
+
+        seconds, cleaned[labeller] = _best_time(remove, args.repeats)
         print(f"| small-component removal | {labeller} | {seconds:.2f} |", flush=True)
     first = cleaned[labellers[0]]
     same = all(np.array_equal(first, v) for v in cleaned.values())
@@ -97,12 +104,6 @@ def main() -> None:
     print(f"labels of all implementations equal: {same}")
     if not same:
         sys.exit(1)
-
-
-def _removed(raw: np.ndarray, sizes: list[int], labeller: str, remove) -> np.ndarray:
-    work = raw.copy()
-    remove(work, sizes, num_classes=len(sizes), labeller=labeller)
-    return work
 
 
 if __name__ == "__main__":
