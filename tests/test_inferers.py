@@ -188,6 +188,59 @@ def test_plane_stride_predicts_every_sth_plane_and_interpolates_the_others() -> 
         SliceInferer2D(plane_stride=0)
 
 
+def test_a_reused_first_plane_is_not_predicted_again() -> None:
+    """``first``: the plane a previous slab already predicted is taken as given; the planes up to the
+    next predicted one interpolate from it. Inferers that blend halos refuse it."""
+    torch.manual_seed(0)
+    net = PlaneCounter(5).eval()
+    block = torch.randn(1, 1, 9, 16, 16)
+    softmax = lambda x: torch.softmax(net(x), 1)  # noqa: E731 - the window predictor's contract
+    strided = SliceStackInferer(5, plane_stride=2)(block, softmax)
+    net.planes = 0
+    given = torch.full((1, 6, 16, 16), 1.0 / 6)
+    reused = SliceStackInferer(5, plane_stride=2)(block, softmax, first=given)
+    assert net.planes == 4  # planes 2, 4, 6, 8; not 0
+    torch.testing.assert_close(reused[:, :, 0], given)
+    torch.testing.assert_close(reused[:, :, 1], (given + strided[:, :, 2]) / 2)
+    torch.testing.assert_close(reused[:, :, 2:], strided[:, :, 2:])
+    net.planes = 0
+    every = SliceStackInferer(5)(block, softmax, planes=(3, 6), first=given)
+    assert net.planes == 2 and every.shape[2] == 3
+    torch.testing.assert_close(every[:, :, 0], given)
+    alone = SliceStackInferer(5, plane_stride=2)(block, softmax, planes=(3, 4), first=given)
+    torch.testing.assert_close(alone[:, :, 0], given)
+    with pytest.raises(ValueError, match="cannot reuse a plane"):
+        WindowInferer3D(roi_size=(4, 16, 16))(block, softmax, first=given)
+
+
+def test_strided_slabs_share_their_end_planes(tmp_path: Path) -> None:
+    """With plane_stride s, consecutive slabs share an end plane: every s-th plane of the tomogram is
+    predicted once, and slab by slab gives the probabilities of one slab over the whole volume."""
+    from cryoet_monai.inference.engine import slab_ranges
+
+    assert list(slab_ranges(23, 5, 2, shared=True)) == [
+        (0, 5, 0, 7), (4, 9, 2, 11), (8, 13, 6, 15), (12, 17, 10, 19), (16, 21, 14, 23), (20, 23, 18, 23)]
+    assert [r[:2] for r in slab_ranges(21, 5, 0, shared=True)] == [
+        (0, 5), (4, 9), (8, 13), (12, 17), (16, 21)]
+    assert [r[:2] for r in slab_ranges(10, 5, 0, 3, 4, shared=True)] == [(3, 4)]
+    assert [r[:2] for r in slab_ranges(10, 5, 0)] == [(0, 5), (5, 10)]
+    src = tmp_path / "t.mrc"
+    save_mrc(src, generate_tomogram((23, 32, 32), 10.0, 5, mode="fourier")[0], voxel_size=10.0)
+    probs, planes = [], []
+    for slab_size in (4, 64):  # slabs of 5 planes, or one slab
+        torch.manual_seed(0)
+        net = PlaneCounter(5).eval()
+        seg = TomogramSegmenter(net, inferer=SliceStackInferer(5, plane_stride=2), slab_size=slab_size,
+                                progress=False, invert="no", precision="fp32", model_voxel_size=10.0,
+                                sample_extent=False, save_probs=True, fold_bn=False)
+        result = seg.segment(src, tmp_path / f"slab{slab_size}")
+        probs.append(np.asarray(read_mrc(result["probs"])[0], dtype=np.float32))
+        planes.append(net.planes)
+    assert planes == [12, 12]  # planes 0, 2, ..., 22 (independent slabs of 5 would predict 14)
+    np.testing.assert_allclose(probs[0], probs[1], atol=1e-3)
+    assert probs[0].shape == (6, 23, 32, 32)
+
+
 def test_plane_stride_from_the_command_line_options() -> None:
     """``segment --plane-stride S`` is parsed (S >= 1) and, as the ``plane_stride`` override ``segment``
     passes on, reaches the bundle's inferer (default 2, every other plane)."""

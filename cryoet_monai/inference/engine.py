@@ -71,6 +71,7 @@ __all__ = [
     "is_output",
     "output_stem",
     "shard",
+    "slab_ranges",
 ]
 
 logger = logging.getLogger(__name__)
@@ -184,12 +185,16 @@ def _default_device() -> torch.device:
     return torch.device("cpu")
 
 
-def _slab_ranges(depth: int, slab: int, halo: int, z0: int = 0, z1: int | None = None
-                 ) -> Iterator[tuple[int, int, int, int]]:
+def slab_ranges(depth: int, slab: int, halo: int, z0: int = 0, z1: int | None = None, shared: bool = False
+                ) -> Iterator[tuple[int, int, int, int]]:
     """``(core_start, core_stop, lo, hi)`` per slab of the planes ``[z0, z1)`` (default all): it
-    predicts ``[lo, hi)`` and owns the core; the halo may reach outside ``[z0, z1)``, not the volume."""
+    predicts ``[lo, hi)`` and owns the core; the halo may reach outside ``[z0, z1)``, not the volume.
+    ``shared``: each slab after the first starts on the last core plane of the one before (whose
+    prediction it reuses), so the cores overlap by one plane and no slab is that plane alone."""
     z1 = depth if z1 is None else z1
-    for start in range(z0, z1, slab):
+    step = slab - 1 if shared and slab > 1 else slab
+    last = max(z0 + 1, z1 - 1) if step < slab else z1
+    for start in range(z0, last, step):
         stop = min(start + slab, z1)
         yield start, stop, max(0, start - halo), min(depth, stop + halo)
 
@@ -517,6 +522,7 @@ class TomogramSegmenter:
         block: np.ndarray | torch.Tensor,
         scale: Sequence[float] = (1.0, 1.0, 1.0),
         keep: tuple[int, int] | None = None,
+        first: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Class probabilities of a normalised ``(Z, Y, X)`` block, in one inferer call.
 
@@ -526,6 +532,8 @@ class TomogramSegmenter:
             keep: ``(start, stop)`` planes of the block to return (default all). Slice-wise inferers (2-D,
                 2.5-D) read the other planes only as context; without z-resampling they are not even
                 predicted.
+            first: probabilities ``(C, Y, X)`` of plane ``keep[0]``, already predicted (slice-wise
+                inferers, no resampling: ``scale`` all 1); not predicted again.
 
         Returns:
             float32 probabilities ``(C, Z', Y, X)`` on the CPU, ``Z'`` the planes kept.
@@ -536,8 +544,11 @@ class TomogramSegmenter:
             size = [max(1, round(n * s)) for n, s in zip(shape, scale)]
             mode = "area" if all(s <= 1.0 for s in scale) else "trilinear"
             x = F.interpolate(x, size=size, mode=mode, **({} if mode == "area" else {"align_corners": False}))
+        if first is not None and (keep is None or any(s != 1.0 for s in scale)):
+            raise ValueError("predict: a reused first plane needs keep and no resampling (scale all 1).")
         if keep is not None and scale[0] == 1.0:  # the inferer predicts only the planes kept
-            probs = self.inferer(x, self.predictor, planes=keep)
+            reuse = {} if first is None else {"first": first[None]}  # custom inferers need not take it
+            probs = self.inferer(x, self.predictor, planes=keep, **reuse)
             shape, keep = (keep[1] - keep[0], *shape[1:]), None
         else:
             probs = self.inferer(x, self.predictor)
@@ -757,6 +768,8 @@ class TomogramSegmenter:
             logger.info("%s: sample in planes %d-%d of %d (%d probed); the other %d labelled background",
                         path, z0, z1 - 1, depth, probes, depth - (z1 - z0))
         slab = self.inferer.slab_depth(z1 - z0, self.slab_size)
+        # strided slice-wise inference: consecutive slabs share an end plane, predicted once
+        shared = self.inferer.slice_wise and self.inferer.plane_stride > 1 and scale == (1.0, 1.0, 1.0)
         counts = np.zeros(c, dtype=np.int64)
         entropy = np.zeros(1, dtype=np.float64)  # running sum of the normalised entropy
 
@@ -789,7 +802,8 @@ class TomogramSegmenter:
             self._write_background([*range(z0), *range(z1, depth)], seg_mm, probs_mm, unc_mm, counts)
             if bar is not None:
                 bar.update(depth - (z1 - z0))
-            ranges = list(_slab_ranges(depth, slab, halo, z0, z1))
+            ranges = list(slab_ranges(depth, slab, halo, z0, z1, shared=shared))
+            last_plane = None  # probabilities of the previous slab's last plane, when shared
 
             def load(lo: int, hi: int) -> np.ndarray:
                 block = sign * norm(np.asarray(volume[lo:hi], dtype=np.float32), name=str(path))
@@ -799,7 +813,11 @@ class TomogramSegmenter:
             for i, ((start, stop, lo, hi), block) in enumerate(zip(ranges, _prefetched(load, ranges))):
                 if self.inferer.slice_wise:
                     # 2-D/2.5-D: the halo is context only, every core plane sees all its neighbours
-                    probs = self.predict(block, scale, keep=(start - lo, stop - lo))
+                    first = last_plane if shared and i > 0 else None
+                    probs = self.predict(block, scale, keep=(start - lo, stop - lo), first=first)
+                    if first is not None:  # written with the previous slab
+                        probs, start = probs[:, 1:], start + 1
+                    last_plane = probs[:, -1].clone() if shared else None
                     lo, hi = start, stop
                 else:
                     probs = self.predict(block, scale)

@@ -175,6 +175,7 @@ class TomogramInferer(Inferer):
         inputs: torch.Tensor,
         network: Callable[[torch.Tensor], torch.Tensor],
         planes: tuple[int, int] | None = None,
+        first: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Probabilities ``(1, C, Z', Y, X)`` of a block ``(1, 1, Z, Y, X)``.
 
@@ -182,17 +183,30 @@ class TomogramInferer(Inferer):
             inputs: the normalised block.
             network: window batch ``(B, k, *roi)`` -> probabilities ``(B, C, *roi)``.
             planes: ``(start, stop)``: return only these planes, the others being context (default all).
+            first: slice-wise inferers only: the probabilities ``(1, C, Y, X)`` of the first plane returned,
+                already predicted (the last plane of the previous slab); it is not predicted again, and
+                the planes up to the next predicted one are interpolated from it.
         """
         x = self.prepare(inputs)
+        if first is not None and not self.slice_wise:
+            raise ValueError(f"{type(self).__name__} blends its slabs' halos: it cannot reuse a plane.")
         if planes is not None and self.slice_wise:  # the context is in the channels now
             x, planes = x[:, :, planes[0] : planes[1]], None
         predicted = strided_planes(x.shape[2], self.plane_stride) if self.slice_wise else None
-        if predicted is not None:
-            x = x[:, :, predicted]
-        sw_device = self.sw_device or torch.device(getattr(network, "device", x.device))
-        window = self.window(x.shape[2:])
-        probs = self.sliding_window(window, self.batch_size(window, sw_device), sw_device)(x, network)
-        probs = torch.as_tensor(probs)
+        run = predicted if first is None or predicted is not None else list(range(x.shape[2]))
+        if first is not None:
+            run = run[1:]
+        if run is not None:
+            x = x[:, :, run]
+        probs = None
+        if x.shape[2]:
+            sw_device = self.sw_device or torch.device(getattr(network, "device", x.device))
+            window = self.window(x.shape[2:])
+            probs = self.sliding_window(window, self.batch_size(window, sw_device), sw_device)(x, network)
+            probs = torch.as_tensor(probs)
+        if first is not None:
+            known = first[:, :, None].to(device=self.device, dtype=torch.float32)
+            probs = known if probs is None else torch.cat([known, probs.to(known.dtype)], dim=2)
         if predicted is not None:
             probs = interpolate_planes(probs, predicted)
         return probs if planes is None else probs[:, :, planes[0] : planes[1]]
@@ -250,7 +264,9 @@ class SliceInferer2D(TomogramInferer):
         self.plane_stride = int(plane_stride)
 
     def slab_depth(self, depth: int, slab_size: int) -> int:
-        # a slab of m * s + 1 planes predicts every s-th plane with both ends exact, none twice
+        # a slab of m * s + 1 planes predicts every s-th plane with both ends exact; the segmenter
+        # starts the next slab on its last plane and reuses that plane's prediction, so every s-th
+        # plane of the tomogram is predicted once
         s = self.plane_stride
         return slab_size if s == 1 else max(1, round((slab_size - 1) / s)) * s + 1
 
