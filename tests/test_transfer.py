@@ -12,7 +12,13 @@ from monai.bundle import ConfigParser
 
 from cryoet_monai import PaperUNet
 from cryoet_monai.engines import AutocastInferer
-from cryoet_monai.evaluation.transfer import evaluate_real_crops, score_volume
+from cryoet_monai.evaluation.transfer import (
+    evaluate_real_crops,
+    evaluate_styles,
+    score_volume,
+    style_tomograms,
+    summarise_scores,
+)
 from cryoet_monai.inference import TomogramSegmenter
 from cryoet_monai.io.mrc import read_mrc, save_mrc
 from cryoet_monai.precision import cpu_has_native_bf16, parse_bool, resolve_autocast_dtype
@@ -142,6 +148,39 @@ def test_score_volume_tolerant_f1_and_absent_classes():
     assert s["f1"] == {"single_membrane": pytest.approx(1.0)}
     assert s["absent_fraction"]["ribosome"] == pytest.approx(4 * 2 * 5 / label.size)
     assert score_volume(pred, label, tolerance=0)["f1"]["single_membrane"] == 0.0
+
+
+def test_scores_pool_over_the_tomograms_where_a_class_is_present():
+    scores = [{"f1": {"microtubule": 0.8, "ribosome": 0.4}, "absent_fraction": {"carbon_edge": 0.01}},
+              {"f1": {"microtubule": 0.6}, "absent_fraction": {"ribosome": 0.002, "carbon_edge": 0.0}}]
+    pooled = summarise_scores(scores)
+    assert pooled["f1"]["microtubule"] == pytest.approx(0.7)
+    assert pooled["f1"]["ribosome"] == pytest.approx(0.4)
+    assert pooled["f1"]["carbon_edge"] is None
+    assert pooled["mean_f1"] == pytest.approx(0.55) and pooled["min_f1"] == pytest.approx(0.4)
+    assert pooled["max_absent_fraction"] == pytest.approx(0.01)
+    assert summarise_scores([])["mean_f1"] is None
+
+
+def test_style_families_are_scored_on_their_own_seeded_tomograms(tmp_path: Path):
+    """evaluate_styles segments the tomograms of style_tomograms (same seeds) and pools their scores."""
+    families = {"a": (10.0, {"mode": "fourier"}), "b": (10.0, {"mode": "fourier", "snr_range": (0.3, 1.0)})}
+    torch.manual_seed(0)
+    net = PaperUNet(2, 1, 6, features=(4, 8, 16, 32, 64), dropout=0.0)
+    seg = TomogramSegmenter(net, progress=False, invert="no", precision="fp32", model_voxel_size=10.0)
+    report = evaluate_styles(seg, tmp_path, families, n_per_family=2, shape=(6, 48, 48), seed=7)
+    assert list(report["families"]) == ["a", "b"]
+    expected = {"a": [], "b": []}
+    for family, i, _, image, label in style_tomograms(families, 2, (6, 48, 48), 7):
+        written = np.asarray(read_mrc(tmp_path / "tomograms" / f"{family}_{i}.mrc")[0])
+        np.testing.assert_array_equal(written, image)  # the tomogram segmented is the seeded one
+        pred = np.asarray(read_mrc(tmp_path / "predictions" / f"{family}_{i}_seg.mrc")[0])
+        expected[family].append(score_volume(pred, label))
+    for family, scores in expected.items():
+        got = report["families"][family]
+        assert got["f1"] == summarise_scores(scores)["f1"] and got["voxel_size"] == 10.0
+        assert got["mean_f1"] == summarise_scores(scores)["mean_f1"]
+    assert (tmp_path / "transfer.json").is_file()
 
 
 def _shipped_segmenter(repo_root: Path) -> TomogramSegmenter:

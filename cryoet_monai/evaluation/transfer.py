@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,8 @@ __all__ = [
     "evaluate_real_crops",
     "evaluate_styles",
     "score_volume",
+    "style_tomograms",
+    "summarise_scores",
 ]
 
 logger = logging.getLogger(__name__)
@@ -85,6 +87,33 @@ def _mean(values: Sequence[float]) -> float | None:
     return float(np.mean(values)) if len(values) else None
 
 
+def summarise_scores(scores: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Pool :func:`score_volume` results of several tomograms: the per-class F1 averaged over the
+    tomograms where the class is present (``None`` where it never is), their mean (``mean_f1``) and
+    minimum (``min_f1``), and the largest voxel fraction predicted as an absent class."""
+    means = {n: _mean([s["f1"][n] for s in scores if n in s["f1"]]) for n in CLASS_NAMES[1:]}
+    present = [v for v in means.values() if v is not None]
+    worst = max([0.0, *(v for s in scores for v in s["absent_fraction"].values())])
+    return {"f1": means, "mean_f1": _mean(present), "min_f1": min(present) if present else None,
+            "max_absent_fraction": worst}
+
+
+def style_tomograms(
+    families: Mapping[str, tuple[float, Mapping[str, Any]]] = STYLE_FAMILIES,
+    n_per_family: int = 3,
+    shape: Sequence[int] = (64, 384, 384),
+    seed: int = 50_000,
+) -> Iterator[tuple[str, int, float, np.ndarray, np.ndarray]]:
+    """``(family, i, voxel_size, image, label)`` of each evaluation tomogram: ``n_per_family`` per
+    family, seed ``seed + 1000 * family_index + i`` (seeds never used in training)."""
+    from cryoet_monai.data.synthetic import generate_tomogram
+
+    for fi, (family, (voxel_size, options)) in enumerate(families.items()):
+        for i in range(n_per_family):
+            image, label = generate_tomogram(tuple(shape), voxel_size, seed + 1000 * fi + i, **dict(options))
+            yield family, i, voxel_size, image, label
+
+
 def evaluate_styles(
     segmenter: Any,
     out_dir: str | os.PathLike,
@@ -101,34 +130,22 @@ def evaluate_styles(
     averaged over the tomograms where the class is present, the mean over classes, and the
     largest voxel fraction predicted as an absent class.
     """
-    from cryoet_monai.data.synthetic import generate_tomogram
-
     out = Path(out_dir)
     (out / "tomograms").mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"tolerance_voxels": tolerance, "training_style": TRAINING_STYLE, "families": {}}
-    for fi, (family, (voxel_size, options)) in enumerate(families.items()):
-        per_class: dict[str, list[float]] = {n: [] for n in CLASS_NAMES[1:]}
-        worst_absent = 0.0
-        for i in range(n_per_family):
-            image, label = generate_tomogram(tuple(shape), voxel_size, seed + 1000 * fi + i, **dict(options))
-            path = out / "tomograms" / f"{family}_{i}.mrc"
-            save_mrc(path, image, voxel_size=voxel_size)
-            result = segmenter.segment(path, out / "predictions")
-            pred, _ = read_mrc(result["seg"], mmap=False)
-            scores = score_volume(pred, label, tolerance)
-            for name, value in scores["f1"].items():
-                per_class[name].append(value)
-            worst_absent = max([worst_absent, *scores["absent_fraction"].values()])
-            logger.info("%s: %s", path.name, {k: round(v, 3) for k, v in scores["f1"].items()})
-        means = {n: _mean(v) for n, v in per_class.items()}
-        present = [v for v in means.values() if v is not None]
+    scores: dict[str, list[dict[str, Any]]] = {family: [] for family in families}
+    for family, i, voxel_size, image, label in style_tomograms(families, n_per_family, shape, seed):
+        path = out / "tomograms" / f"{family}_{i}.mrc"
+        save_mrc(path, image, voxel_size=voxel_size)
+        result = segmenter.segment(path, out / "predictions")
+        pred, _ = read_mrc(result["seg"], mmap=False)
+        scores[family].append(score_volume(pred, label, tolerance))
+        logger.info("%s: %s", path.name, {k: round(v, 3) for k, v in scores[family][-1]["f1"].items()})
+    for family, (voxel_size, options) in families.items():
         report["families"][family] = {
             "voxel_size": voxel_size,
             "options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()},
-            "f1": means,
-            "mean_f1": _mean(present),
-            "min_f1": min(present) if present else None,
-            "max_absent_fraction": worst_absent,
+            **summarise_scores(scores[family]),
         }
     (out / "transfer.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
