@@ -8,14 +8,15 @@ so "end to end" includes start-up, reading and writing) and reports wall seconds
 * ours with each backend: torch eager (autocast per the precision rule), torch fp32, ONNX Runtime
   (fp32), OpenVINO (its default precision: bf16 where the CPU has it natively), OpenVINO int8 (the
   shipped ``models/model_int8.xml``, made by ``scripts/quantize_model.py``); every row skips the
-  planes outside the sample and runs the network on every 2nd plane (the defaults); two more int8
-  rows segment every plane (``--all-planes``) and run the network on every plane
-  (``--plane-stride 1``), one on every 3rd plane (``--plane-stride 3``), and one turns the
+  planes outside the sample and runs the network on every ``plane_stride``-th plane (the defaults);
+  more int8 rows segment every plane (``--all-planes``), run the network on every plane, every 2nd
+  or every 3rd (``--plane-stride 1/2/3``, all but the default), and one turns the
   double-membrane partner rule off (``--double-membrane-max-gap 0``), to measure what each costs
   or saves and changes;
 * baselines with the same weights: the seed paper's way (fp32 eager, one forward per slice, plain
   argmax) and MONAI's stock ``SliceInferer`` (fp32, whole slices, default batch);
-* label agreement of each backend with torch fp32 (the reference), the fp32 and bf16 GEMM peaks of
+* label agreement of each backend with torch fp32 (the reference: the ``fp32`` row, or the ``torch``
+  row where the precision rule runs torch in fp32 and ``fp32`` is skipped), the fp32 and bf16 GEMM peaks of
   this machine and the fraction of them the torch row reaches, and the CPU's features.
 
 ``--max-isa AVX2`` emulates an older CPU on a newer one: it caps every library's documented
@@ -141,21 +142,23 @@ def gemm_peaks(n: int = 2048, reps: int = 5) -> dict[str, float]:
 def network_flops(depth: int, ny: int, nx: int) -> tuple[float, int]:
     """``(FLOPs, planes)``: forward FLOPs of the shipped network over the planes its default inferer
     runs it on in a tomogram of ``depth`` whole slices (padded to 16), and how many planes that is
-    (every 2nd with ``plane_stride`` 2)."""
+    (every ``plane_stride``-th, consecutive slabs sharing an end plane)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from cryoet_monai.inference.cli import build_segmenter
+    from cryoet_monai.inference.engine import slab_ranges
     from cryoet_monai.inference.inferers import strided_planes
 
     parser = build_segmenter(None)
     net = parser.get_parsed_content("network_def").to("meta")
     inferer = parser.get_parsed_content("inferer")
     slab = inferer.slab_depth(depth, int(parser.get_parsed_content("slab_size")))
+    shared = inferer.plane_stride > 1  # the segmenter's rule at the model's voxel size
     planes = 0
-    for start in range(0, depth, slab):
-        n = min(slab, depth - start)
-        planes += len(strided_planes(n, inferer.plane_stride) or range(n))
+    for i, (start, stop, _, _) in enumerate(slab_ranges(depth, slab, 0, shared=shared)):
+        n = stop - start
+        planes += len(strided_planes(n, inferer.plane_stride) or range(n)) - (shared and i > 0)
     py, px = ny + (-ny) % 16, nx + (-nx) % 16
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         net(torch.zeros(1, net.in_channels, py, px, device="meta"))
@@ -168,8 +171,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=630)
     p.add_argument("--voxel-size", type=float, default=10.0)
     p.add_argument("--skip", nargs="*", default=[], help="rows to leave out (torch, fp32, onnxruntime, "
-                   "openvino, openvino-int8, 'openvino-int8 --all-planes', 'openvino-int8 --plane-stride 1', "
-                   "'openvino-int8 --plane-stride 3', "
+                   "openvino, openvino-int8, 'openvino-int8 --all-planes', 'openvino-int8 --plane-stride N' "
+                   "(N = 1, 2, 3 but the default), "
                    "'openvino-int8 --double-membrane-max-gap 0', seed, slice_inferer)")
     p.add_argument("--max-isa", choices=["AVX2"], help="emulate a CPU with at most this ISA (see above)")
     p.add_argument("--json", type=Path, help="also write the results here")
@@ -181,7 +184,9 @@ def main() -> None:
 
     from cryoet_monai import CLASS_NAMES
     from cryoet_monai.data.synthetic import generate_tomogram
+    from cryoet_monai.inference.cli import build_segmenter
     from cryoet_monai.io.mrc import read_mrc, save_mrc
+    from cryoet_monai.precision import resolve_autocast_dtype
 
     cpu = cpu_report()
     capped = f"; ISA capped to {cpu['isa_cap']} (emulation)" if cpu["isa_cap"] else ""
@@ -196,14 +201,16 @@ def main() -> None:
     shape = f"{args.depth}x{args.size}x{args.size}"
     print(f"typical tomogram {shape} generated in {time.perf_counter() - t:.0f} s", flush=True)
     env = dict(os.environ)
+    default_stride = int(build_segmenter(None).get_parsed_content("plane_stride"))
+    other_strides = [n for n in (1, 2, 3) if n != default_stride]
     rows: dict[str, dict] = {}
     cli = [sys.executable, "-m", "cryoet_monai", "segment", str(src), "--no-progress", "--invert", "no"]
     pipeline = {"fp32": ["--backend", "torch", "--precision", "fp32"], "torch": ["--backend", "torch"],
                 "onnxruntime": ["--backend", "onnxruntime"], "openvino": ["--backend", "openvino"],
                 "openvino-int8": ["--backend", "openvino-int8"],
                 "openvino-int8 --all-planes": ["--backend", "openvino-int8", "--all-planes"],
-                "openvino-int8 --plane-stride 1": ["--backend", "openvino-int8", "--plane-stride", "1"],
-                "openvino-int8 --plane-stride 3": ["--backend", "openvino-int8", "--plane-stride", "3"],
+                **{f"openvino-int8 --plane-stride {n}": ["--backend", "openvino-int8",
+                                                          "--plane-stride", str(n)] for n in other_strides},
                 "openvino-int8 --double-membrane-max-gap 0": ["--backend", "openvino-int8",
                                                               "--double-membrane-max-gap", "0"]}
     for name, extra in pipeline.items():
@@ -221,7 +228,10 @@ def main() -> None:
                              str(out)], env)
         rows[name]["labels"] = out
         print(f"{name}: {rows[name]['seconds']:.1f} s", flush=True)
-    reference = np.asarray(read_mrc(rows["fp32"]["labels"])[0]) if "fp32" in rows else None
+    # the reference is torch fp32: the fp32 row, else the torch row where the precision rule chose fp32
+    torch_is_fp32 = resolve_autocast_dtype("auto", "cpu") is None
+    ref_row = "fp32" if "fp32" in rows else "torch" if "torch" in rows and torch_is_fp32 else None
+    reference = np.asarray(read_mrc(rows[ref_row]["labels"])[0]) if ref_row else None
     peaks = gemm_peaks()
     flops, planes = network_flops(args.depth, args.size, args.size)
     report = {"cpu": cpu, "shape": [args.depth, args.size, args.size], "gemm_peak_tflops":
@@ -252,16 +262,16 @@ def main() -> None:
         print(f"\nsample extent: {extent}; {rows[both[0]]['seconds']:.1f} s against "
               f"{rows[both[1]]['seconds']:.1f} s for every plane, labels equal on {100 * equal:.2f} %")
         report["sample_extent"] = {"found": extent, "labels_equal": equal}
-    for stride, key in ((1, "plane_stride"), (3, "plane_stride_3")):
+    for stride in (1, 2, 3):
         both = ("openvino-int8", f"openvino-int8 --plane-stride {stride}")
         if not all(name in rows for name in both):
             continue
         default, strided = (np.asarray(read_mrc(rows[name]["labels"])[0]) for name in both)
         equal = float((default == strided).mean())
         print(f"\nplane stride {stride}: {rows[both[1]]['seconds']:.1f} s against "
-              f"{rows[both[0]]['seconds']:.1f} s at stride 2 (the default), labels equal on "
+              f"{rows[both[0]]['seconds']:.1f} s at stride {default_stride} (the default), labels equal on "
               f"{100 * equal:.2f} %")
-        report[key] = {"labels_equal_to_stride_2": equal}
+        report[f"plane_stride_{stride}"] = {"labels_equal_to_default": equal, "default": default_stride}
     both = ("openvino-int8", "openvino-int8 --double-membrane-max-gap 0")
     if all(name in rows for name in both):
         ruled, plain = (np.asarray(read_mrc(rows[name]["labels"])[0]) for name in both)
@@ -273,8 +283,9 @@ def main() -> None:
         report["partner_rule"] = {"relabelled_voxels": int(moved.sum())}
     if "torch" in rows:
         rate = flops / rows["torch"]["seconds"]
-        print(f"\ntorch row: {rate / 1e12:.2f} TFLOP/s end to end = {100 * rate / peaks['bf16']:.0f} % of "
-              f"the bf16 GEMM peak, {100 * rate / peaks['fp32']:.0f} % of the fp32 one")
+        bf16 = "" if np.isnan(peaks["bf16"]) else f"{100 * rate / peaks['bf16']:.0f} % of the bf16 peak, "
+        print(f"\ntorch row: {rate / 1e12:.2f} TFLOP/s end to end = {bf16}"
+              f"{100 * rate / peaks['fp32']:.0f} % of the fp32 one")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
 
