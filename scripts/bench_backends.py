@@ -154,7 +154,7 @@ def network_flops(depth: int, ny: int, nx: int) -> tuple[float, int]:
     net = parser.get_parsed_content("network_def").to("meta")
     inferer = parser.get_parsed_content("inferer")
     slab = inferer.slab_depth(depth, int(parser.get_parsed_content("slab_size")))
-    shared = inferer.plane_stride > 1  # the segmenter's rule at the model's voxel size
+    shared = inferer.plane_stride > 1 and inferer.reuses_first_plane  # the segmenter's rule, no resampling
     planes = 0
     for i, (start, stop, _, _) in enumerate(slab_ranges(depth, slab, 0, shared=shared)):
         n = stop - start

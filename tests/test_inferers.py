@@ -239,6 +239,13 @@ def test_strided_slabs_share_their_end_planes(tmp_path: Path) -> None:
     assert planes == [12, 12]  # planes 0, 2, ..., 22 (independent slabs of 5 would predict 14)
     np.testing.assert_allclose(probs[0], probs[1], atol=1e-3)
     assert probs[0].shape == (6, 23, 32, 32)
+    # a custom inferer whose __call__ does not take ``first`` keeps independent slabs
+    forced = ForcedClassInferer(label=2, context=5, plane_stride=2)
+    assert SliceStackInferer(5, plane_stride=2).reuses_first_plane and not forced.reuses_first_plane
+    assert not WindowInferer3D().reuses_first_plane
+    seg = TomogramSegmenter(PlaneCounter(5).eval(), inferer=forced, slab_size=4, progress=False, invert="no",
+                            precision="fp32", model_voxel_size=10.0, sample_extent=False, fold_bn=False)
+    assert (seg.segment_array(np.asarray(read_mrc(src)[0]), 10.0)[0] == 2).all()
 
 
 def test_plane_stride_from_the_command_line_options() -> None:

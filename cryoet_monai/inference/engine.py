@@ -768,8 +768,8 @@ class TomogramSegmenter:
             logger.info("%s: sample in planes %d-%d of %d (%d probed); the other %d labelled background",
                         path, z0, z1 - 1, depth, probes, depth - (z1 - z0))
         slab = self.inferer.slab_depth(z1 - z0, self.slab_size)
-        # strided slice-wise inference: consecutive slabs share an end plane, predicted once
-        shared = self.inferer.slice_wise and self.inferer.plane_stride > 1 and scale == (1.0, 1.0, 1.0)
+        # strided slice-wise inference without resampling: consecutive slabs share an end plane
+        shared = self.inferer.plane_stride > 1 and self.inferer.reuses_first_plane and scale == (1.0,) * 3
         counts = np.zeros(c, dtype=np.int64)
         entropy = np.zeros(1, dtype=np.float64)  # running sum of the normalised entropy
 

@@ -17,6 +17,7 @@ channels of a 3-D network) is a new subclass here.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -132,6 +133,12 @@ class TomogramInferer(Inferer):
     def slab_depth(self, depth: int, slab_size: int) -> int:
         """Core planes per slab for a tomogram of ``depth`` planes (the segmenter's ``slab_size``)."""
         return slab_size
+
+    @property
+    def reuses_first_plane(self) -> bool:
+        """Whether :meth:`__call__` takes ``first`` (a subclass overriding it may not): the segmenter
+        lets strided slabs share their end plane only then."""
+        return self.slice_wise and "first" in inspect.signature(self.__call__).parameters
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """The network's input for a block ``(1, 1, Z, Y, X)``, same spatial shape."""
