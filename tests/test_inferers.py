@@ -223,6 +223,7 @@ def test_strided_slabs_share_their_end_planes(tmp_path: Path) -> None:
     assert [r[:2] for r in slab_ranges(21, 5, 0, shared=True)] == [
         (0, 5), (4, 9), (8, 13), (12, 17), (16, 21)]
     assert [r[:2] for r in slab_ranges(10, 5, 0, 3, 4, shared=True)] == [(3, 4)]
+    assert list(slab_ranges(10, 5, 0, 3, 3, shared=True)) == []  # no planes, no slab
     assert [r[:2] for r in slab_ranges(10, 5, 0)] == [(0, 5), (5, 10)]
     src = tmp_path / "t.mrc"
     save_mrc(src, generate_tomogram((23, 32, 32), 10.0, 5, mode="fourier")[0], voxel_size=10.0)

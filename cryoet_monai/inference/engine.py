@@ -193,7 +193,8 @@ def slab_ranges(depth: int, slab: int, halo: int, z0: int = 0, z1: int | None = 
     prediction it reuses), so the cores overlap by one plane and no slab is that plane alone."""
     z1 = depth if z1 is None else z1
     step = slab - 1 if shared and slab > 1 else slab
-    last = max(z0 + 1, z1 - 1) if step < slab else z1
+    # a shared slab starting on the last plane would hold only the plane the one before predicted
+    last = z1 - 1 if step < slab and z1 - z0 > 1 else z1
     for start in range(z0, last, step):
         stop = min(start + slab, z1)
         yield start, stop, max(0, start - halo), min(depth, stop + halo)

@@ -200,9 +200,9 @@ class TomogramInferer(Inferer):
         if planes is not None and self.slice_wise:  # the context is in the channels now
             x, planes = x[:, :, planes[0] : planes[1]], None
         predicted = strided_planes(x.shape[2], self.plane_stride) if self.slice_wise else None
-        run = predicted if first is None or predicted is not None else list(range(x.shape[2]))
-        if first is not None:
-            run = run[1:]
+        run = predicted  # the planes the network sees; None: all of them
+        if first is not None:  # given, not predicted again
+            run = (run or list(range(x.shape[2])))[1:]
         if run is not None:
             x = x[:, :, run]
         probs = None
