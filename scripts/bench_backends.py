@@ -147,18 +147,11 @@ def network_flops(depth: int, ny: int, nx: int) -> tuple[float, int]:
     from torch.utils.flop_counter import FlopCounterMode
 
     from cryoet_monai.inference.cli import build_segmenter
-    from cryoet_monai.inference.engine import slab_ranges
-    from cryoet_monai.inference.inferers import strided_planes
 
     parser = build_segmenter(None)
-    net = parser.get_parsed_content("network_def").to("meta")
-    inferer = parser.get_parsed_content("inferer")
-    slab = inferer.slab_depth(depth, int(parser.get_parsed_content("slab_size")))
-    shared = inferer.plane_stride > 1 and inferer.reuses_first_plane  # the segmenter's rule, no resampling
-    planes = 0
-    for i, (start, stop, _, _) in enumerate(slab_ranges(depth, slab, 0, shared=shared)):
-        n = stop - start
-        planes += len(strided_planes(n, inferer.plane_stride) or range(n)) - (shared and i > 0)
+    parser["backend"] = "torch"  # only the plan and the network's shape are needed here
+    planes = parser.get_parsed_content("segmenter").network_planes(depth)
+    net = parser.get_parsed_content("network_def", lazy=False).to("meta")  # a fresh copy, no weights
     py, px = ny + (-ny) % 16, nx + (-nx) % 16
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         net(torch.zeros(1, net.in_channels, py, px, device="meta"))

@@ -237,6 +237,8 @@ def test_strided_slabs_share_their_end_planes(tmp_path: Path) -> None:
         result = seg.segment(src, tmp_path / f"slab{slab_size}")
         probs.append(np.asarray(read_mrc(result["probs"])[0], dtype=np.float32))
         planes.append(net.planes)
+        assert seg.network_planes(23) == net.planes  # the plan counts what the segmenter runs
+        assert seg.slab_plan(23, (0.5, 1.0, 1.0))[1] is False  # resampled: independent slabs
     assert planes == [12, 12]  # planes 0, 2, ..., 22 (independent slabs of 5 would predict 14)
     np.testing.assert_allclose(probs[0], probs[1], atol=1e-3)
     assert probs[0].shape == (6, 23, 32, 32)
@@ -247,6 +249,9 @@ def test_strided_slabs_share_their_end_planes(tmp_path: Path) -> None:
     seg = TomogramSegmenter(PlaneCounter(5).eval(), inferer=forced, slab_size=4, progress=False, invert="no",
                             precision="fp32", model_voxel_size=10.0, sample_extent=False, fold_bn=False)
     assert (seg.segment_array(np.asarray(read_mrc(src)[0]), 10.0)[0] == 2).all()
+    assert seg.network_planes(23) == 14 and seg.network_planes(23, 3, 8) == 3  # planes 3, 5, 7
+    assert forced.run_planes(5) == [0, 2, 4] and forced.run_planes(5, reuse_first=True) == [2, 4]
+    assert WindowInferer3D().run_planes(5) is None and SliceStackInferer(5).run_planes(3, True) == [1, 2]
 
 
 def test_plane_stride_from_the_command_line_options() -> None:

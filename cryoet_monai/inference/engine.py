@@ -516,6 +516,31 @@ class TomogramSegmenter:
         models, the neighbours a 2.5-D model sees (``k // 2``), 0 for 2-D."""
         return self.inferer.halo
 
+    def slab_plan(
+        self, depth: int, scale: Sequence[float] = (1.0, 1.0, 1.0), z0: int = 0, z1: int | None = None
+    ) -> tuple[list[tuple[int, int, int, int]], bool]:
+        """The slabs :meth:`segment_volume` predicts over the sample's planes ``[z0, z1)`` (default all)
+        of a tomogram of ``depth`` planes zoomed by ``scale`` to the model's grid: their
+        ``(core_start, core_stop, lo, hi)`` (:func:`slab_ranges`, input planes), and whether consecutive
+        slabs share their end plane (strided slice-wise inference without resampling)."""
+        z1 = depth if z1 is None else z1
+        halo = min(depth, math.ceil(self.halo / scale[0]))  # in input slices
+        slab = self.inferer.slab_depth(z1 - z0, self.slab_size)
+        shared = (self.inferer.plane_stride > 1 and self.inferer.reuses_first_plane
+                  and tuple(scale) == (1.0, 1.0, 1.0))
+        return list(slab_ranges(depth, slab, halo, z0, z1, shared=shared)), shared
+
+    def network_planes(self, depth: int, z0: int = 0, z1: int | None = None) -> int:
+        """How many planes the network is run on for a tomogram of ``depth`` planes on the model's grid
+        with sample in ``[z0, z1)`` (the :meth:`slab_plan`'s; the sample-extent probes not counted);
+        for a 3-D inferer, the planes of its windows' slabs, halos included."""
+        ranges, shared = self.slab_plan(depth, (1.0, 1.0, 1.0), z0, z1)
+        if not self.inferer.slice_wise:
+            return sum(hi - lo for _, _, lo, hi in ranges)
+        runs = (self.inferer.run_planes(stop - start, reuse_first=shared and i > 0) or range(stop - start)
+                for i, (start, stop, _, _) in enumerate(ranges))
+        return sum(len(run) for run in runs)
+
     # ------------------------------------------------------------------ prediction
     @torch.inference_mode()
     def predict(
@@ -763,14 +788,11 @@ class TomogramSegmenter:
         sign = np.float32(-1.0 if invert else 1.0)
         depth, ny, nx = volume.shape
         c = self.num_classes
-        halo = min(depth, math.ceil(self.halo / scale[0]))  # in input slices
         z0, z1, probes = self.find_sample_extent(volume, norm, sign, scale, path)
         if (z0, z1) != (0, depth):
             logger.info("%s: sample in planes %d-%d of %d (%d probed); the other %d labelled background",
                         path, z0, z1 - 1, depth, probes, depth - (z1 - z0))
-        slab = self.inferer.slab_depth(z1 - z0, self.slab_size)
-        # strided slice-wise inference without resampling: consecutive slabs share an end plane
-        shared = self.inferer.plane_stride > 1 and self.inferer.reuses_first_plane and scale == (1.0,) * 3
+        ranges, shared = self.slab_plan(depth, scale, z0, z1)
         counts = np.zeros(c, dtype=np.int64)
         entropy = np.zeros(1, dtype=np.float64)  # running sum of the normalised entropy
 
@@ -803,7 +825,6 @@ class TomogramSegmenter:
             self._write_background([*range(z0), *range(z1, depth)], seg_mm, probs_mm, unc_mm, counts)
             if bar is not None:
                 bar.update(depth - (z1 - z0))
-            ranges = list(slab_ranges(depth, slab, halo, z0, z1, shared=shared))
             last_plane = None  # probabilities of the previous slab's last plane, when shared
 
             def load(lo: int, hi: int) -> np.ndarray:

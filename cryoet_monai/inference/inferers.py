@@ -172,6 +172,15 @@ class TomogramInferer(Inferer):
                 "network (-1 = whole slices)."
             )
 
+    def run_planes(self, depth: int, reuse_first: bool = False) -> list[int] | None:
+        """The planes of a block of ``depth`` returned planes that the network is run on (``None``: all):
+        every ``plane_stride``-th and the last for slice-wise inferers; ``reuse_first``: the first
+        plane's probabilities are given (``first`` of :meth:`__call__`), so it is not run again."""
+        run = strided_planes(depth, self.plane_stride) if self.slice_wise else None
+        if reuse_first:
+            run = (run or list(range(depth)))[1:]
+        return run
+
     # ------------------------------------------------------------------ inference
     def sliding_window(self, window: Sequence[int], batch_size: int, sw_device: torch.device) -> Inferer:
         """MONAI's inferer for one block."""
@@ -200,9 +209,7 @@ class TomogramInferer(Inferer):
         if planes is not None and self.slice_wise:  # the context is in the channels now
             x, planes = x[:, :, planes[0] : planes[1]], None
         predicted = strided_planes(x.shape[2], self.plane_stride) if self.slice_wise else None
-        run = predicted  # the planes the network sees; None: all of them
-        if first is not None:  # given, not predicted again
-            run = (run or list(range(x.shape[2])))[1:]
+        run = self.run_planes(x.shape[2], reuse_first=first is not None)
         if run is not None:
             x = x[:, :, run]
         probs = None
