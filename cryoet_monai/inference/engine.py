@@ -531,9 +531,9 @@ class TomogramSegmenter:
         return list(slab_ranges(depth, slab, halo, z0, z1, shared=shared)), shared
 
     def network_planes(self, depth: int, z0: int = 0, z1: int | None = None) -> int:
-        """How many planes the network is run on for a tomogram of ``depth`` planes on the model's grid
-        with sample in ``[z0, z1)`` (the :meth:`slab_plan`'s; the sample-extent probes not counted);
-        for a 3-D inferer, the planes of its windows' slabs, halos included."""
+        """How many planes the network runs on, following :meth:`slab_plan`, for a tomogram of
+        ``depth`` planes on the model's grid with sample in ``[z0, z1)``. The sample-extent probes are
+        not counted. For a 3-D inferer: the planes of its slabs, halos included."""
         ranges, shared = self.slab_plan(depth, (1.0, 1.0, 1.0), z0, z1)
         if not self.inferer.slice_wise:
             return sum(hi - lo for _, _, lo, hi in ranges)

@@ -173,9 +173,10 @@ class TomogramInferer(Inferer):
             )
 
     def run_planes(self, depth: int, reuse_first: bool = False) -> list[int] | None:
-        """The planes of a block of ``depth`` returned planes that the network is run on (``None``: all):
-        every ``plane_stride``-th and the last for slice-wise inferers; ``reuse_first``: the first
-        plane's probabilities are given (``first`` of :meth:`__call__`), so it is not run again."""
+        """Indices of the planes the network runs on, for a block that returns ``depth`` planes
+        (``None``: all of them). Slice-wise inferers run every ``plane_stride``-th plane and the last.
+        ``reuse_first``: the first plane's probabilities are given (``first`` of :meth:`__call__`), so
+        that plane is left out."""
         run = strided_planes(depth, self.plane_stride) if self.slice_wise else None
         if reuse_first:
             run = (run or list(range(depth)))[1:]
