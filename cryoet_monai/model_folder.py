@@ -17,7 +17,7 @@ from typing import Any
 
 from cryoet_monai.io.atomic import write_json_atomic
 
-__all__ = ["inferer_config", "network_definition", "warm_start", "write_model_configs"]
+__all__ = ["inferer_config", "network_definition", "pruned_start", "warm_start", "write_model_configs"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,47 @@ def warm_start(network: Any, weights: str | os.PathLike | None) -> Any:
         path = path / "models" / "model.pt"
     TomogramSegmenter.load_weights(network, path)
     logger.info("initial weights from %s", path)
+    return network
+
+
+def pruned_start(network: Any, weights: str | os.PathLike) -> Any:
+    """``network`` (a :class:`cryoet_monai.PaperUNet`) filled with the most important channels of the
+    wider trained U-Net in ``weights`` (a ``model.pt`` state dict or a model folder), to be fine-tuned:
+    a narrower, faster model that starts from what the wider one learned
+    (:mod:`cryoet_monai.networks.prune`).
+
+    The source widths are read from the state dict; the rest of the source's definition is
+    ``network``'s. A checkpoint that is not such a U-Net, or one narrower than ``network``, gets the
+    segmenter's one-line error naming the file.
+    """
+    from cryoet_monai.inference.engine import InferenceError, TomogramSegmenter
+    from cryoet_monai.networks.prune import prune_channels_into
+    from cryoet_monai.networks.unet import PaperUNet
+
+    path = Path(weights)
+    if path.is_dir():
+        path = path / "models" / "model.pt"
+    if not isinstance(network, PaperUNet):
+        raise TypeError(f"pruned_start needs a PaperUNet to fill, got {type(network).__name__}.")
+    state = TomogramSegmenter.read_state_dict(path)
+    depth = len(network.features)
+    keys = ["encoder.0.conv_1.conv.weight"] + [f"encoder.{k}.1.conv_1.conv.weight" for k in range(1, depth)]
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise InferenceError(
+            f"{path}: not a {depth}-level U-Net checkpoint (no {missing[0]}); give the wider model to prune."
+        )
+    definition = network_definition(network)
+    definition.pop("_target_")
+    definition["features"] = [int(state[k].shape[0]) for k in keys]
+    source = PaperUNet(**definition)
+    TomogramSegmenter.load_weights(source, path)
+    try:
+        prune_channels_into(source, network)
+    except ValueError as err:
+        raise InferenceError(f"{path}: cannot prune it to the configured network: {err}") from err
+    logger.info("initial weights: channels of %s (features %s) pruned to %s", path, definition["features"],
+                list(network.features))
     return network
 
 

@@ -142,12 +142,12 @@ def test_config_defaults_and_overlays():
 
 
 @pytest.mark.parametrize("overlay", ["quick.json", "train_3d.json", "multi_gpu_train.json",
-                                     "warm_start.json"])
+                                     "warm_start.json", "prune.json"])
 def test_overlays_only_touch_known_ids(overlay):
     """Every nested key an overlay sets must exist in train.json (a typo would silently add a new key)."""
     base = _merged("train.json")
     content = json.loads((CONFIGS / overlay).read_text())
-    known_new = {"patch_size_3d", "dist_backend", "train#sampler", "validate#sampler",
+    known_new = {"patch_size_3d", "dist_backend", "train#sampler", "validate#sampler", "prune_weights",
                  "train#dataloader#sampler", "validate#dataloader#sampler"}  # fmt: skip
     for key in content:
         if key in known_new:

@@ -449,7 +449,9 @@ class TomogramSegmenter:
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
-    def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+        """The state dict in ``path`` (also inside a CheckpointSaver-style dict), with one-line
+        errors naming the file when it is missing, corrupt or not a state dict."""
         if not path.is_file():
             raise InferenceError(f"{path}: model checkpoint not found.")
         try:
@@ -470,7 +472,7 @@ class TomogramSegmenter:
     @classmethod
     def load_weights(cls, network: nn.Module, path: Path) -> None:
         try:
-            network.load_state_dict(cls._load_state_dict(path))
+            network.load_state_dict(cls.read_state_dict(path))
         except RuntimeError as err:  # missing/unexpected keys or shape mismatches
             detail = str(err).splitlines()
             raise InferenceError(
