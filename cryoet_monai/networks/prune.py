@@ -3,11 +3,12 @@
 A narrower U-Net (fewer channels per level) runs in a fraction of the time: the convolutions'
 cost grows with the square of the width. Training one from scratch costs a full training run;
 starting it from the channels of a trained wider network that matter most and fine-tuning it
-("network slimming", Liu et al. 2017, ICCV) reaches the wider network's accuracy in far fewer
-steps. The importance of a channel is the magnitude of the batch-norm scale that follows its
-convolution (``|gamma|``: a channel with a small scale barely reaches the next layer); the one
-convolution without a norm (the up-convolution after interpolation) is ranked by the L1 norm of
-its filters.
+("network slimming", Liu et al. 2017, ICCV) starts it far ahead of a fresh one (for the shipped
+2.5-D model pruned to width 16: training F1 0.49 after one epoch, against 0.12 from scratch; where it
+ends is in docs/training.md). The importance of a channel is the magnitude of the batch-norm scale
+that follows its convolution (``|gamma|``: a channel with a small scale barely reaches the next
+layer); the one convolution without a norm (the up-convolution after interpolation) is ranked by
+the L1 norm of its filters.
 
 Channel sets of the U-Net (``F_k`` = ``features[k]``), each chosen on its own:
 
@@ -21,6 +22,8 @@ and every consumer keeps the input channels of the kept producer channels (``con
 """
 
 from __future__ import annotations
+
+from itertools import chain
 
 import torch
 import torch.nn as nn
@@ -57,18 +60,16 @@ def _copy(source: Convolution, target: Convolution, in_idx: torch.Tensor, out_id
     """Copy ``source``'s parameters and norm statistics at ``(out_idx, in_idx)`` into ``target``."""
     weight = source.conv.weight.index_select(0, out_idx).index_select(1, in_idx)
     if target.conv.weight.shape != weight.shape:
-        raise ValueError(
-            f"pruned weight {tuple(weight.shape)} does not fit {tuple(target.conv.weight.shape)}."
-        )
+        shapes = f"{tuple(weight.shape)} and {tuple(target.conv.weight.shape)}"
+        raise ValueError(f"the pruned weight does not fit the target: {shapes}.")
     target.conv.weight.copy_(weight)
     if source.conv.bias is not None and target.conv.bias is not None:
         target.conv.bias.copy_(source.conv.bias.index_select(0, out_idx))
     src_norm, dst_norm = _norm_of(source), _norm_of(target)
     if src_norm is None or dst_norm is None:
         return
-    for name, tensor in list(src_norm.named_parameters(recurse=False)) + list(
-        src_norm.named_buffers(recurse=False)
-    ):
+    state = chain(src_norm.named_parameters(recurse=False), src_norm.named_buffers(recurse=False))
+    for name, tensor in state:
         value = getattr(dst_norm, name)
         if tensor.ndim == 0:  # num_batches_tracked
             value.copy_(tensor)
