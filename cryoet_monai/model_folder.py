@@ -29,6 +29,12 @@ _WINDOWS = {"_target_": "cryoet_monai.inference.WindowInferer3D"}
 DEFAULT_ROI_3D = [32, 128, 128]
 
 
+def _weights_file(weights: str | os.PathLike) -> Path:
+    """``weights`` itself, or a model folder's ``models/model.pt``."""
+    path = Path(weights)
+    return path / "models" / "model.pt" if path.is_dir() else path
+
+
 def warm_start(network: Any, weights: str | os.PathLike | None) -> Any:
     """``network`` with the weights of ``weights`` (a ``model.pt`` state dict or a model folder) loaded;
     unchanged when ``weights`` is ``None``. For training runs that continue from a shipped model.
@@ -41,9 +47,7 @@ def warm_start(network: Any, weights: str | os.PathLike | None) -> Any:
         return network
     from cryoet_monai.inference.engine import TomogramSegmenter
 
-    path = Path(weights)
-    if path.is_dir():
-        path = path / "models" / "model.pt"
+    path = _weights_file(weights)
     TomogramSegmenter.load_weights(network, path)
     logger.info("initial weights from %s", path)
     return network
@@ -60,27 +64,24 @@ def pruned_start(network: Any, weights: str | os.PathLike) -> Any:
     segmenter's one-line error naming the file.
     """
     from cryoet_monai.inference.engine import InferenceError, TomogramSegmenter
-    from cryoet_monai.networks.prune import prune_channels_into
+    from cryoet_monai.networks.prune import prune_channels_into, saved_features
     from cryoet_monai.networks.unet import PaperUNet
 
-    path = Path(weights)
-    if path.is_dir():
-        path = path / "models" / "model.pt"
     if not isinstance(network, PaperUNet):
         raise TypeError(f"pruned_start needs a PaperUNet to fill, got {type(network).__name__}.")
+    path = _weights_file(weights)
     state = TomogramSegmenter.read_state_dict(path)
-    depth = len(network.features)
-    keys = ["encoder.0.conv_1.conv.weight"] + [f"encoder.{k}.1.conv_1.conv.weight" for k in range(1, depth)]
-    missing = [k for k in keys if k not in state]
-    if missing:
-        raise InferenceError(
-            f"{path}: not a {depth}-level U-Net checkpoint (no {missing[0]}); give the wider model to prune."
-        )
     definition = network_definition(network)
     definition.pop("_target_")
-    definition["features"] = [int(state[k].shape[0]) for k in keys]
+    try:
+        definition["features"] = saved_features(state, len(network.features))
+    except KeyError as err:
+        raise InferenceError(
+            f"{path}: not a {len(network.features)}-level U-Net checkpoint (no {err.args[0]}); "
+            "give the wider model to prune."
+        ) from err
     source = PaperUNet(**definition)
-    TomogramSegmenter.load_weights(source, path)
+    TomogramSegmenter.load_weights(source, path, state)
     try:
         prune_channels_into(source, network)
     except ValueError as err:

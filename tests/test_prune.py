@@ -12,7 +12,7 @@ from monai.networks.blocks import Convolution
 from cryoet_monai.inference import InferenceError
 from cryoet_monai.model_folder import pruned_start
 from cryoet_monai.networks import PaperUNet
-from cryoet_monai.networks.prune import channel_importance, prune_channels_into
+from cryoet_monai.networks.prune import channel_importance, prune_channels_into, saved_features
 
 WIDE = (8, 16, 32, 64)
 NARROW = (4, 8, 16, 32)
@@ -112,6 +112,7 @@ def test_pruned_start_from_a_model_folder_on_disk(tmp_path):
         {k: v.half() if v.is_floating_point() else v for k, v in source.state_dict().items()},
         tmp_path / "models" / "model.pt",
     )  # shipped weights are stored in half precision
+    assert saved_features(torch.load(tmp_path / "models" / "model.pt"), len(WIDE)) == list(WIDE)
     network = pruned_start(PaperUNet(2, 1, 6, features=NARROW, dropout=0.0), tmp_path).eval()
     assert network.encoder[0].conv_0.conv.weight.dtype == torch.float32
     x = torch.randn(1, 1, 16, 16)

@@ -470,9 +470,13 @@ class TomogramSegmenter:
         return state
 
     @classmethod
-    def load_weights(cls, network: nn.Module, path: Path) -> None:
+    def load_weights(
+        cls, network: nn.Module, path: Path, state: dict[str, torch.Tensor] | None = None
+    ) -> None:
+        """Load the weights of ``path`` into ``network`` (``state``: already read from ``path``), with
+        a one-line error naming the file when they do not fit."""
         try:
-            network.load_state_dict(cls.read_state_dict(path))
+            network.load_state_dict(cls.read_state_dict(path) if state is None else state)
         except RuntimeError as err:  # missing/unexpected keys or shape mismatches
             detail = str(err).splitlines()
             raise InferenceError(

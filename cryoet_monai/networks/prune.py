@@ -23,6 +23,7 @@ and every consumer keeps the input channels of the kept producer channels (``con
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from itertools import chain
 
 import torch
@@ -31,7 +32,7 @@ from monai.networks.blocks import Convolution
 
 from cryoet_monai.networks.unet import DoubleConv, PaperUNet, UpConcat
 
-__all__ = ["channel_importance", "prune_channels_into"]
+__all__ = ["channel_importance", "prune_channels_into", "saved_features"]
 
 
 def channel_importance(block: Convolution) -> torch.Tensor:
@@ -89,6 +90,20 @@ def _double_conv(source: DoubleConv, target: DoubleConv, in_idx: torch.Tensor) -
 def _encoder_double_conv(block: nn.Module) -> DoubleConv:
     # level 0 is a DoubleConv; deeper levels are Sequential(pool, DoubleConv)
     return block if isinstance(block, DoubleConv) else block[1]
+
+
+def saved_features(state: Mapping[str, torch.Tensor], depth: int) -> list[int]:
+    """The ``features`` of a ``depth``-level :class:`PaperUNet` saved as ``state`` (its state dict):
+    the output channels of each encoder level's last convolution.
+
+    Raises:
+        KeyError: ``state`` has no such level (the missing key is the error's argument).
+    """
+    keys = ["encoder.0.conv_1.conv.weight"] + [f"encoder.{k}.1.conv_1.conv.weight" for k in range(1, depth)]
+    for key in keys:
+        if key not in state:
+            raise KeyError(key)
+    return [int(state[key].shape[0]) for key in keys]
 
 
 def _up_convolution(block: UpConcat) -> Convolution:
